@@ -1,0 +1,210 @@
+"""What applying a change set means, computed without I/O, shared by every storage.
+
+Design decision: a storage does only the I/O of a commit — read the rows a change set
+touches, write what this module says, in one transaction. Checking guards and the
+transition table, moving counters, writing item and sub-step events and re-deriving
+step and job statuses all happen here, once, so the in-memory storage and the SQL
+storage cannot disagree about what a change does, and counters are never updated by
+hand anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ._errors import Conflict, LeaseLost, NotFound, StaleWrite
+from ._records import ChangeSet, EventDraft, JobRecord, VisitRecord
+from ._states import (
+    ITEM_OPEN,
+    JOB_TERMINAL,
+    ItemStatus,
+    JobStatus,
+    StepStatus,
+    SubStepStatus,
+    check_transition,
+    derive_job_status,
+    derive_step_status,
+)
+
+__all__ = ["CommitPlan", "initial_step_statuses", "plan_commit", "step_statuses"]
+
+StepCounts = Mapping[str, Mapping[ItemStatus, int]]
+
+
+@dataclass(slots=True)
+class CommitPlan:
+    """Everything a storage writes for one change set, in one transaction."""
+
+    visits: dict[str, VisitRecord]  #: changed and new visits, by id
+    count_deltas: Counter[tuple[str, ItemStatus]] = field(default_factory=Counter)
+    substep_deltas: Counter[tuple[str, str, SubStepStatus]] = field(default_factory=Counter)
+    job_status: JobStatus = JobStatus.DRAFT
+    job_fields: dict[str, float | int | None] = field(default_factory=dict)
+    step_statuses: dict[str, StepStatus] = field(default_factory=dict)  #: changed only
+    started: frozenset[str] = frozenset()
+    events: list[EventDraft] = field(default_factory=list)
+
+
+def initial_step_statuses(job: JobRecord) -> dict[str, StepStatus]:
+    return {info.key: StepStatus.PENDING for info in job.steps}
+
+
+def step_statuses(
+    job: JobRecord, counts: StepCounts, started: frozenset[str] | set[str]
+) -> dict[str, StepStatus]:
+    """Each step's derived status, in pipeline order."""
+    result: dict[str, StepStatus] = {}
+    upstream_open = False
+    for info in job.steps:
+        step_counts = counts.get(info.key, {})
+        result[info.key] = derive_step_status(
+            step_counts,
+            started=info.runs_work and (job.auto_process or info.key in started),
+            upstream_open=upstream_open,
+        )
+        upstream_open = upstream_open or any(step_counts.get(s, 0) for s in ITEM_OPEN)
+    return result
+
+
+def plan_commit(
+    job: JobRecord,
+    before: Mapping[str, VisitRecord],
+    change: ChangeSet,
+    counts: StepCounts,
+    statuses: Mapping[str, StepStatus],
+    started: frozenset[str],
+    now: float,
+) -> CommitPlan:
+    """Check ``change`` against ``before`` and the tables; say what to write.
+
+    ``before`` holds the current rows of every visit the change names; ``counts``,
+    ``statuses`` and ``started`` are the job's current counters, step statuses and
+    hand-started steps. Raises :class:`StaleWrite` / :class:`LeaseLost` when a guard
+    fails, :class:`InvalidTransition` for a change outside the tables, and
+    :class:`Conflict` when the job is not in an expected status. Nothing is written by
+    the caller when this raises.
+    """
+    if change.expect_job is not None and job.status not in change.expect_job:
+        raise Conflict(
+            f"job {job.id} is {job.status}, the action needs one of "
+            + ", ".join(sorted(change.expect_job))
+        )
+    if job.status is JobStatus.CANCELLED and (change.visits or change.new_visits):
+        raise Conflict(f"job {job.id} is cancelled")
+    plan = CommitPlan(visits={}, started=started | frozenset(change.started_steps))
+    for vc in change.visits:
+        current = plan.visits.get(vc.visit_id) or before.get(vc.visit_id)
+        if current is None:
+            raise NotFound("visit", vc.visit_id)
+        if current.status is not vc.expect:
+            raise StaleWrite(f"visit {vc.visit_id} is {current.status}, expected {vc.expect}")
+        if vc.token is not None and current.token != vc.token:
+            raise LeaseLost(f"visit {vc.visit_id} was claimed again (token {current.token})")
+        after = dataclasses.replace(current, **vc.fields)
+        after.updated_at = now
+        if vc.substeps:
+            after.substeps = dict(current.substeps)
+            for key, state in vc.substeps.items():
+                _substep_change(plan, after, current.substeps.get(key), key, state)
+                after.substeps[key] = state
+        if vc.status is not None and vc.status is not current.status:
+            check_transition("item", current.status, vc.status)
+            after.status = vc.status
+            plan.count_deltas[(current.step, current.status)] -= 1
+            plan.count_deltas[(current.step, vc.status)] += 1
+            data: dict[str, object] = {"from": current.status.value, "to": vc.status.value}
+            if after.attempts:
+                data["attempt"] = after.attempts
+            if vc.reason:
+                data["reason"] = vc.reason
+            plan.events.append(EventDraft("item.status", current.step, current.item_id, data))
+        plan.visits[vc.visit_id] = after
+    positions: dict[str, int] = {}
+    for offset, item in enumerate(change.new_items, start=1):
+        item.position = positions[item.id] = job.item_count + offset
+        plan.events.append(
+            EventDraft("item.created", None, item.id, {"key": item.key, "parent": item.parent_id})
+        )
+    if change.new_items:
+        plan.job_fields["item_count"] = job.item_count + len(change.new_items)
+    for visit in change.new_visits:
+        visit.position = positions.get(visit.item_id, visit.position)
+        plan.visits[visit.id] = visit
+        plan.count_deltas[(visit.step, visit.status)] += 1
+        data = {"from": None, "to": visit.status.value}
+        if visit.reason:
+            data["reason"] = visit.reason
+        plan.events.append(EventDraft("item.status", visit.step, visit.item_id, data))
+        for key, state in visit.substeps.items():
+            plan.substep_deltas[(visit.step, key, SubStepStatus(state["status"]))] += 1
+    plan.events.extend(change.events)
+    _derive(plan, job, change, counts, statuses, now)
+    return plan
+
+
+def _substep_change(
+    plan: CommitPlan,
+    visit: VisitRecord,
+    old: Mapping[str, object] | None,
+    key: str,
+    new: Mapping[str, object],
+) -> None:
+    to = SubStepStatus(str(new["status"]))
+    if old is None:
+        plan.substep_deltas[(visit.step, key, to)] += 1
+        return
+    from_ = SubStepStatus(str(old["status"]))
+    if from_ is to:
+        return
+    check_transition("substep", from_, to)
+    plan.substep_deltas[(visit.step, key, from_)] -= 1
+    plan.substep_deltas[(visit.step, key, to)] += 1
+    data: dict[str, object] = {"substep": key, "from": from_.value, "to": to.value}
+    for extra in ("attempts", "reason"):
+        if new.get(extra):
+            data[extra] = new[extra]
+    plan.events.append(EventDraft("substep.status", visit.step, visit.item_id, data))
+
+
+def _derive(
+    plan: CommitPlan,
+    job: JobRecord,
+    change: ChangeSet,
+    counts: StepCounts,
+    statuses: Mapping[str, StepStatus],
+    now: float,
+) -> None:
+    after_counts: dict[str, Counter[ItemStatus]] = {
+        info.key: Counter(counts.get(info.key, {})) for info in job.steps
+    }
+    for (step, status), delta in plan.count_deltas.items():
+        after_counts[step][status] += delta
+    current = job.status
+    if change.job_status is not None and change.job_status is not current:
+        check_transition("job", current, change.job_status, explicit=change.reopen)
+        plan.events.append(
+            EventDraft("job.status", data={"from": current.value, "to": change.job_status.value})
+        )
+        current = change.job_status
+    derived = derive_job_status(current, [after_counts[info.key] for info in job.steps])
+    if derived is not current:
+        check_transition("job", current, derived, explicit=change.reopen)
+        plan.events.append(
+            EventDraft("job.status", data={"from": current.value, "to": derived.value})
+        )
+    plan.job_status = derived
+    if derived is not job.status:
+        if job.started_at is None and derived not in (JobStatus.DRAFT, JobStatus.CANCELLED):
+            plan.job_fields["started_at"] = now
+        plan.job_fields["finished_at"] = now if derived in JOB_TERMINAL else None
+    for key, step_status in step_statuses(job, after_counts, plan.started).items():
+        old = statuses.get(key, StepStatus.PENDING)
+        if step_status is not old:
+            check_transition("step", old, step_status)
+            plan.step_statuses[key] = step_status
+            plan.events.append(
+                EventDraft("step.status", key, data={"from": old.value, "to": step_status.value})
+            )

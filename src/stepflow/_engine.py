@@ -1,0 +1,574 @@
+"""The engine: claims due work, runs handlers and sub-step graphs, commits results.
+
+Design decision: a fixed pool of long-lived worker tasks pulls claims from one
+dispatcher through a memory stream, instead of a task spawned per item; the dispatcher
+claims only as many visits as there are idle workers, and sleeps on the event broker
+(or until the next retry is due) when there is nothing to claim. Everything a result
+does to the state is built by :mod:`stepflow._planning` and applied by one guarded
+storage commit; a result whose lease was lost (fencing token) or whose job was cancelled
+is refused by that guard, never half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._conditions import evaluate
+from ._definitions import ErrorKind, Pipeline, Step, SubStep
+from ._errors import InvalidInput, StaleWrite
+from ._handlers import AskPerson, ErrorClassifier, Failure, HandlerContext, Handlers, SkipItem
+from ._jsonsafe import check_json
+from ._planning import (
+    condition_context,
+    follow,
+    leave,
+    new_item,
+    new_substep_state,
+    visit_id,
+)
+from ._ratelimit import RateLimiter
+from ._records import ChangeSet, Claim, EventDraft, JobRecord, VisitChange, VisitRecord
+from ._retry import retry_delay
+from ._states import ItemStatus, SubStepStatus
+from .ports import Clock, EventBroker, Executor, Storage
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("stepflow.engine")
+U = SubStepStatus
+
+
+class _Abandoned(Exception):
+    """The visit's lease was lost or its job cancelled while sub-steps ran."""
+
+
+@dataclass(slots=True)
+class _Running:
+    claim: Claim
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    contexts: list[HandlerContext] = field(default_factory=list)
+
+
+class Engine:
+    """Runs claimed work for one orchestrator (one process, one incarnation)."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        handlers: Handlers,
+        classifier: ErrorClassifier,
+        executor: Executor,
+        broker: EventBroker,
+        clock: Clock,
+        owner: str,
+        pipeline_for: Callable[[JobRecord], Pipeline],
+        max_concurrency: int,
+        lease_seconds: float,
+        poll_interval: float | None,
+    ) -> None:
+        self.storage = storage
+        self.handlers = handlers
+        self.classifier = classifier
+        self.executor = executor
+        self.broker = broker
+        self.clock = clock
+        self.owner = owner
+        self.pipeline_for = pipeline_for
+        self.max_concurrency = max_concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.rate_limiter = RateLimiter(clock)
+        self.running: dict[str, _Running] = {}
+        self._busy = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled: dispatcher, workers, heartbeat, rescuer, progress."""
+        await self.storage.rescue_expired(self._rescue_delay)
+        send, receive = anyio.create_memory_object_stream[Claim](0)
+        async with anyio.create_task_group() as tg, send, receive:
+            for _ in range(self.max_concurrency):
+                tg.start_soon(self._worker, receive.clone())
+            tg.start_soon(self._heartbeat)
+            tg.start_soon(self._flush_progress)
+            task_status.started()
+            await self._dispatch(send)
+
+    async def _dispatch(self, send: anyio.abc.ObjectSendStream[Claim]) -> None:
+        while True:
+            free = self.max_concurrency - self._busy
+            claims = await self.storage.claim(self.owner, free, self.lease_seconds) if free else []
+            for claim in claims:
+                self._busy += 1
+                self._publish(claim.job.id, claim.job.seq)
+                await send.send(claim)
+            if claims:
+                continue
+            due = await self.storage.next_due()
+            timeout = None if due is None else self.clock.timeout_seconds(due)
+            poll = self.poll_interval
+            if poll is not None:
+                timeout = poll if timeout is None else min(timeout, poll)
+            await self.broker.wait_work(timeout)
+
+    async def _worker(self, receive: anyio.abc.ObjectReceiveStream[Claim]) -> None:
+        async with receive:
+            async for claim in receive:
+                try:
+                    await self._process(claim)
+                except Exception:  # a bug in stepflow must not kill the worker pool
+                    log.exception("processing %s failed", claim.visit.id)
+                finally:
+                    self._busy -= 1
+                    self.broker.publish_work()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_seconds / 3)
+            held = [(r.claim.visit.id, r.claim.visit.token) for r in self.running.values()]
+            if held:
+                kept = await self.storage.renew(self.owner, held, self.lease_seconds)
+                for visit_id_, _ in held:
+                    if visit_id_ not in kept and visit_id_ in self.running:
+                        self.abandon(visit_id_)
+            await self.storage.rescue_expired(self._rescue_delay)
+
+    async def _flush_progress(self) -> None:
+        while True:
+            await anyio.sleep(0.2)
+            for running in list(self.running.values()):
+                for ctx in running.contexts:
+                    if ctx.progress_dirty:
+                        ctx.progress_dirty = False
+                        await self._write_progress(running.claim, ctx)
+
+    async def _write_progress(self, claim: Claim, ctx: HandlerContext) -> None:
+        change = ChangeSet(claim.job.id, actor=self.owner)
+        change.visits.append(
+            VisitChange(
+                claim.visit.id,
+                ItemStatus.PROCESSING,
+                token=claim.visit.token,
+                fields={"progress": ctx.progress},
+            )
+        )
+        data = dict(ctx.progress or {})
+        if ctx.substep is not None:
+            data["substep"] = ctx.substep.key
+        change.events.append(EventDraft("item.progress", claim.visit.step, claim.item.id, data))
+        with suppress(StaleWrite):
+            self._publish(claim.job.id, (await self.storage.commit(change)).seq)
+
+    def _rescue_delay(self, job: JobRecord, visit: VisitRecord) -> float | None:
+        step = self.pipeline_for(job).step(visit.step)
+        failure = Failure(ErrorKind.TIMEOUT, "lease expired", "LeaseExpired")
+        return retry_delay(step.retry, failure, visit.attempts - visit.retry_base)
+
+    def abandon(self, visit: str) -> None:
+        """Cancel the run of ``visit`` here (its job was cancelled or its lease lost)."""
+        running = self.running.get(visit)
+        if running is not None:
+            for ctx in running.contexts:
+                ctx._cancelled = True
+            running.scope.cancel()
+
+    def cancel_job(self, job_id: str) -> None:
+        for visit, running in list(self.running.items()):
+            if running.claim.job.id == job_id:
+                self.abandon(visit)
+
+    def _publish(self, job_id: str, seq: int) -> None:
+        self.broker.publish_job(job_id, seq)
+
+    # -- one claim ------------------------------------------------------------------
+
+    async def _process(self, claim: Claim) -> None:
+        pipeline = self.pipeline_for(claim.job)
+        step = pipeline.step(claim.visit.step)
+        running = self.running[claim.visit.id] = _Running(claim)
+        change: ChangeSet | None = None
+        try:
+            with running.scope:
+                if step.substeps:
+                    change = await self._run_substeps(running, pipeline, step)
+                else:
+                    change = await self._run_handler(running, pipeline, step)
+        except _Abandoned:
+            change = None
+        finally:
+            del self.running[claim.visit.id]
+        if change is None or running.scope.cancel_called:
+            return
+        try:
+            result = await self.storage.commit(change)
+        except StaleWrite as exc:
+            log.info("result of %s refused: %s", claim.visit.id, exc)
+            return
+        self._publish(claim.job.id, result.seq)
+
+    def _context(
+        self,
+        claim: Claim,
+        pipeline: Pipeline,
+        step: Step,
+        substep: SubStep | None,
+        attempt: int,
+        substep_outputs: dict[str, Any],
+    ) -> HandlerContext:
+        return HandlerContext(
+            job_id=claim.job.id,
+            job_metadata=claim.job.metadata,
+            pipeline=pipeline,
+            step=step,
+            substep=substep,
+            item_id=claim.item.id,
+            item_key=claim.item.key,
+            data=claim.item.data,
+            attempt=attempt,
+            outputs=claim.outputs,
+            substep_outputs=substep_outputs,
+            input=claim.visit.input,
+        )
+
+    async def _call(
+        self, running: _Running, ctx: HandlerContext, handler_key: str, timeout: float | None
+    ) -> Any:
+        """Run one handler call; return its checked output or raise what it raised."""
+        func, is_async = self.handlers.get(handler_key)
+        running.contexts.append(ctx)
+        guard: AbstractContextManager[Any] = anyio.fail_after(timeout) if timeout else nullcontext()
+        try:
+            with guard:
+                output = await self.executor.run(func, ctx, is_async=is_async)
+        finally:
+            running.contexts.remove(ctx)
+        check_json(output, "output")
+        return output
+
+    def _classify(self, exc: Exception) -> Failure:
+        if isinstance(exc, InvalidInput):
+            return Failure(ErrorKind.PERMANENT, str(exc), type(exc).__name__)
+        return self.classifier.classify(exc)
+
+    async def _run_handler(self, running: _Running, pipeline: Pipeline, step: Step) -> ChangeSet:
+        claim = running.claim
+        visit = claim.visit
+        ctx = self._context(claim, pipeline, step, None, visit.attempts, {})
+        assert step.handler is not None
+        if step.rate_limit is not None:
+            await self.rate_limiter.acquire(step.rate_limit, step.handler)
+        now = self.clock.now
+        change = ChangeSet(claim.job.id, actor=self.owner)
+        done: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        try:
+            output = await self._call(running, ctx, step.handler, step.timeout)
+        except AskPerson as ask:
+            change.visits.append(
+                self._change(claim, ItemStatus.AWAITING_INPUT, done, reason=ask.reason)
+            )
+            return change
+        except SkipItem as skip:
+            done["finished_at"] = now()
+            change.visits.append(self._change(claim, ItemStatus.SKIPPED, done, reason=skip.reason))
+            follow(change, pipeline, claim.item, step, claim.job.metadata, claim.outputs, now())
+            return change
+        except Exception as exc:  # noqa: BLE001 - any handler failure is classified
+            failure = self._classify(exc)
+            delay = retry_delay(step.retry, failure, visit.attempts - visit.retry_base)
+            done["error"] = failure.as_error(visit.attempts)
+            if delay is None:
+                done["finished_at"] = now()
+                change.visits.append(
+                    self._change(claim, ItemStatus.FAILED, done, reason=failure.kind.value)
+                )
+            else:
+                done["next_attempt_at"] = now() + delay
+                change.visits.append(
+                    self._change(claim, ItemStatus.RETRYING, done, reason=failure.kind.value)
+                )
+            return change
+        self._succeed(change, claim, pipeline, step, output, ctx.emitted, done)
+        return change
+
+    def _change(
+        self, claim: Claim, status: ItemStatus, fields: dict[str, Any], reason: str | None = None
+    ) -> VisitChange:
+        fields = {**fields, "reason": reason}
+        return VisitChange(
+            claim.visit.id,
+            ItemStatus.PROCESSING,
+            status=status,
+            token=claim.visit.token,
+            fields=fields,
+            reason=reason,
+        )
+
+    def _succeed(
+        self,
+        change: ChangeSet,
+        claim: Claim,
+        pipeline: Pipeline,
+        step: Step,
+        output: Any,
+        emitted: list[tuple[str, dict[str, Any]]],
+        fields: dict[str, Any],
+    ) -> None:
+        now = self.clock.now()
+        fields = {**fields, "output": output, "error": None, "finished_at": now}
+        meta = claim.job.metadata
+        for key, data in emitted:
+            item = new_item(claim.job.id, key, data, 0, now, parent_id=claim.item.id)
+            change.new_items.append(item)
+            status = ItemStatus.PASSED if step.advance == "auto" else ItemStatus.PROCESSED
+            change.new_visits.append(
+                VisitRecord(
+                    visit_id(item.id, step.key),
+                    item.job_id,
+                    item.id,
+                    step.key,
+                    status,
+                    now,
+                    now,
+                    output=data,
+                    finished_at=now,
+                )
+            )
+            if status is ItemStatus.PASSED:
+                follow(change, pipeline, item, step, meta, {step.key: data}, now)
+        if step.expands and emitted:
+            reason = f"expanded into {len(emitted)} items"
+            change.visits.append(self._change(claim, ItemStatus.CANCELLED, fields, reason=reason))
+            return
+        change.visits.append(self._change(claim, ItemStatus.PROCESSED, fields))
+        if step.advance == "auto":
+            outputs = {**claim.outputs, step.key: output}
+            leave(
+                change,
+                pipeline,
+                claim.item,
+                step,
+                meta,
+                outputs,
+                now,
+                from_status=ItemStatus.PROCESSED,
+            )
+
+    # -- sub-steps --------------------------------------------------------------------
+
+    async def _run_substeps(self, running: _Running, pipeline: Pipeline, step: Step) -> ChangeSet:
+        claim = running.claim
+        states = {k: dict(v) for k, v in claim.visit.substeps.items()}
+        for sub in step.substeps:
+            state = states.get(sub.key)
+            if state is None or state["status"] in (U.IN_PROGRESS, U.RETRYING):
+                fresh = {
+                    **(state or new_substep_state()),
+                    "status": U.PENDING.value,
+                    "next_attempt_at": None,
+                }
+                states[sub.key] = fresh
+                await self._save_substep(claim, sub.key, fresh)
+        blocked_by: list[str] = []
+        done_send, done_receive = anyio.create_memory_object_stream[str](math.inf)
+        started: set[str] = set()
+        async with anyio.create_task_group() as tg, done_send, done_receive:
+            while True:
+                if not blocked_by:
+                    await self._start_ready(
+                        tg, running, pipeline, step, states, started, blocked_by, done_send
+                    )
+                if not started:
+                    break
+                started.discard(await done_receive.receive())
+        return self._substeps_result(claim, pipeline, step, states, blocked_by)
+
+    async def _start_ready(
+        self,
+        tg: anyio.abc.TaskGroup,
+        running: _Running,
+        pipeline: Pipeline,
+        step: Step,
+        states: dict[str, dict[str, Any]],
+        started: set[str],
+        blocked_by: list[str],
+        done: anyio.abc.ObjectSendStream[str],
+    ) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for sub in step.substeps:
+                state = states[sub.key]
+                if state["status"] != U.PENDING or sub.key in started:
+                    continue
+                deps = {d: states[d]["status"] for d in sub.depends_on}
+                unfinished = [d for d, s in deps.items() if s in (U.FAILED, U.SKIPPED)]
+                if unfinished:
+                    dep = unfinished[0]
+                    await self._finish_substep(
+                        running.claim,
+                        states,
+                        sub.key,
+                        U.SKIPPED,
+                        reason=f"dependency {dep} {deps[dep]}",
+                        cause="dependency",
+                    )
+                    progress = True
+                elif all(s == U.COMPLETED for s in deps.values()):
+                    started.add(sub.key)
+                    tg.start_soon(
+                        self._run_substep, running, pipeline, step, sub, states, blocked_by, done
+                    )
+
+    async def _run_substep(
+        self,
+        running: _Running,
+        pipeline: Pipeline,
+        step: Step,
+        sub: SubStep,
+        states: dict[str, dict[str, Any]],
+        blocked_by: list[str],
+        done: anyio.abc.ObjectSendStream[str],
+    ) -> None:
+        claim = running.claim
+        try:
+            outputs = {k: s["output"] for k, s in states.items() if s["status"] == U.COMPLETED}
+            context = condition_context(
+                claim.item, claim.job.metadata, claim.outputs, claim.visit.input, outputs
+            )
+            reason = evaluate(sub.run_if, context) if sub.run_if else None
+            if reason is not None:
+                await self._finish_substep(
+                    claim, states, sub.key, U.SKIPPED, reason=reason, cause="condition"
+                )
+                return
+            policy = sub.retry or step.retry
+            while True:
+                state = states[sub.key]
+                attempt = int(state["attempts"]) + 1
+                state.update(
+                    status=U.IN_PROGRESS.value,
+                    attempts=attempt,
+                    started_at=state["started_at"] or self.clock.now(),
+                    next_attempt_at=None,
+                )
+                await self._save_substep(claim, sub.key, state)
+                if sub.rate_limit is not None:
+                    await self.rate_limiter.acquire(sub.rate_limit, sub.handler_key)
+                ctx = self._context(claim, pipeline, step, sub, attempt, outputs)
+                try:
+                    output = await self._call(
+                        running, ctx, sub.handler_key, sub.timeout or step.timeout
+                    )
+                except SkipItem as skip:
+                    await self._finish_substep(
+                        claim, states, sub.key, U.SKIPPED, reason=skip.reason, cause="handler"
+                    )
+                    return
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    failure = (
+                        Failure(
+                            ErrorKind.PERMANENT, "a sub-step cannot ask for a person", "AskPerson"
+                        )
+                        if isinstance(exc, AskPerson)
+                        else self._classify(exc)
+                    )
+                    delay = retry_delay(policy, failure, attempt - int(state.get("base") or 0))
+                    state["error"] = failure.as_error(attempt)
+                    if delay is None:
+                        await self._finish_substep(
+                            claim, states, sub.key, U.FAILED, reason=failure.kind.value
+                        )
+                        if sub.blocking:
+                            blocked_by.append(sub.key)
+                        return
+                    state.update(
+                        status=U.RETRYING.value,
+                        reason=failure.kind.value,
+                        next_attempt_at=self.clock.now() + delay,
+                    )
+                    await self._save_substep(claim, sub.key, state)
+                    await self.clock.sleep(delay)
+                    continue
+                state["output"] = output
+                await self._finish_substep(claim, states, sub.key, U.COMPLETED)
+                return
+        finally:
+            done.send_nowait(sub.key)  # type: ignore[attr-defined]
+
+    async def _finish_substep(
+        self,
+        claim: Claim,
+        states: dict[str, dict[str, Any]],
+        key: str,
+        status: SubStepStatus,
+        *,
+        reason: str | None = None,
+        cause: str | None = None,
+    ) -> None:
+        state = states[key]
+        state.update(
+            status=status.value,
+            reason=reason,
+            cause=cause,
+            finished_at=self.clock.now(),
+            next_attempt_at=None,
+        )
+        if status is not U.FAILED:
+            state["error"] = None
+        await self._save_substep(claim, key, state)
+
+    async def _save_substep(self, claim: Claim, key: str, state: dict[str, Any]) -> None:
+        change = ChangeSet(claim.job.id, actor=self.owner)
+        change.visits.append(
+            VisitChange(
+                claim.visit.id,
+                ItemStatus.PROCESSING,
+                token=claim.visit.token,
+                substeps={key: dict(state)},
+            )
+        )
+        try:
+            result = await self.storage.commit(change)
+        except StaleWrite as exc:
+            raise _Abandoned(str(exc)) from None
+        self._publish(claim.job.id, result.seq)
+
+    def _substeps_result(
+        self,
+        claim: Claim,
+        pipeline: Pipeline,
+        step: Step,
+        states: dict[str, dict[str, Any]],
+        blocked_by: list[str],
+    ) -> ChangeSet:
+        change = ChangeSet(claim.job.id, actor=self.owner)
+        fields: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        failed = [k for k, s in states.items() if s["status"] == U.FAILED]
+        if failed:
+            message = f"sub-steps failed: {', '.join(failed)}"
+            if blocked_by:
+                message += f"; stopped by blocking sub-step {blocked_by[0]}"
+            fields.update(
+                finished_at=self.clock.now(),
+                error={
+                    "kind": "substeps",
+                    "message": message,
+                    "failed": failed,
+                    "attempt": claim.visit.attempts,
+                },
+            )
+            change.visits.append(self._change(claim, ItemStatus.FAILED, fields, reason=message))
+            return change
+        output = {k: s["output"] for k, s in states.items() if s["status"] == U.COMPLETED}
+        self._succeed(change, claim, pipeline, step, output, [], fields)
+        return change

@@ -1,0 +1,181 @@
+"""The rows a storage keeps, and the change sets it applies.
+
+Design decision: these are plain slotted dataclasses, not pydantic models. They are
+internal, created by the thousand on the hot path, and already validated at the edge
+(definitions, payloads and outputs are checked before a record is built). The public
+read models in :mod:`stepflow._models` are built from them.
+
+A storage changes state only by applying a :class:`ChangeSet`: guarded visit changes
+(expected status and fencing token), new items and visits, an optional job status set
+by an action, and the events that only an action can describe. The storage derives the
+rest — counters, item and sub-step events, step and job statuses — with the shared
+pure code in :mod:`stepflow._commit`, so every backend derives them the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._states import ItemStatus, JobStatus, StepStatus
+
+__all__ = [
+    "ChangeSet",
+    "Claim",
+    "CommitResult",
+    "EventDraft",
+    "EventRecord",
+    "ItemRecord",
+    "JobRecord",
+    "StepInfo",
+    "VisitChange",
+    "VisitRecord",
+]
+
+
+@dataclass(slots=True, frozen=True)
+class StepInfo:
+    """What a storage needs to know of a step to derive statuses and limit claims."""
+
+    key: str
+    runs_work: bool
+    concurrency: int
+
+
+@dataclass(slots=True)
+class JobRecord:
+    id: str
+    pipeline: str
+    version: str
+    definition_hash: str
+    definition: dict[str, Any]
+    steps: tuple[StepInfo, ...]
+    status: JobStatus
+    auto_process: bool
+    metadata: dict[str, Any]
+    idempotency_key: str | None
+    created_by: str
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    seq: int = 0  #: the last event's sequence number; the snapshot version
+    item_count: int = 0  #: items created so far; the next item's position follows it
+
+    def step_index(self, key: str) -> int:
+        for index, info in enumerate(self.steps):
+            if info.key == key:
+                return index
+        raise KeyError(key)
+
+
+@dataclass(slots=True)
+class ItemRecord:
+    id: str
+    job_id: str
+    key: str
+    data: dict[str, Any]
+    created_at: float
+    position: int = 0  #: order of creation within the job, assigned by the commit
+    parent_id: str | None = None  #: the item whose handler emitted this one
+
+
+@dataclass(slots=True)
+class VisitRecord:
+    """One item at one step: its status there, attempts, output and sub-steps."""
+
+    id: str
+    job_id: str
+    item_id: str
+    step: str
+    status: ItemStatus
+    created_at: float
+    updated_at: float
+    position: int = 0  #: the item's position, for stable listing order
+    attempts: int = 0  #: every attempt ever made; never decreases
+    retry_base: int = 0  #: ``attempts`` when a person last retried; the policy counts from it
+    token: int = 0  #: fencing token; bumped by every claim
+    next_attempt_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    substeps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(slots=True)
+class VisitChange:
+    """A guarded change to one visit.
+
+    Applied only if the visit's status is still ``expect`` (and its token is still
+    ``token`` when given); otherwise the whole change set is refused with
+    :class:`~stepflow.StaleWrite`. ``status`` ``None`` keeps the status. ``fields`` are
+    set as given; ``substeps`` entries replace those sub-steps' states one by one.
+    """
+
+    visit_id: str
+    expect: ItemStatus
+    status: ItemStatus | None = None
+    token: int | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    substeps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reason: str | None = None  #: why, for the event
+
+
+@dataclass(slots=True)
+class EventDraft:
+    type: str
+    step: str | None = None
+    item_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChangeSet:
+    job_id: str
+    actor: str = "system"
+    visits: list[VisitChange] = field(default_factory=list)
+    new_items: list[ItemRecord] = field(default_factory=list)
+    new_visits: list[VisitRecord] = field(default_factory=list)
+    job_status: JobStatus | None = None  #: set by an action (start, pause, cancel...)
+    expect_job: frozenset[JobStatus] | None = None  #: refuse unless the job is in one
+    reopen: bool = False  #: an explicit retry or pass may reopen a finished job
+    started_steps: tuple[str, ...] = ()
+    events: list[EventDraft] = field(default_factory=list)
+    action_id: str | None = None
+    action_result: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CommitResult:
+    job_id: str
+    seq: int
+    job_status: JobStatus
+    step_statuses: dict[str, StepStatus]
+
+
+@dataclass(slots=True)
+class EventRecord:
+    job_id: str
+    seq: int
+    type: str
+    at: float
+    actor: str
+    step: str | None = None
+    item_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Claim:
+    """A visit claimed for processing under a lease, with what its handler needs."""
+
+    job: JobRecord
+    item: ItemRecord
+    visit: VisitRecord
+    outputs: dict[str, Any]  #: outputs of this item's earlier steps, by step key

@@ -1,0 +1,257 @@
+"""The ports: what the orchestrator needs from storage, executor, event broker and clock.
+
+Design decision: these four abstract classes are the whole seam between stepflow's
+core and the world. The orchestrator holds no state a crash could lose: it reads and
+writes through :class:`Storage`; it runs host code through :class:`Executor`; it learns
+that something changed through :class:`EventBroker`; it asks :class:`Clock` the time.
+Each method's docstring is its contract; ``stepflow.testing`` has the in-memory
+implementations and (for storages) a contract suite any implementation must pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from ._records import (
+    ChangeSet,
+    Claim,
+    CommitResult,
+    EventRecord,
+    ItemRecord,
+    JobRecord,
+    VisitRecord,
+)
+from ._states import ItemStatus, StepStatus, SubStepStatus
+
+__all__ = [
+    "ChangeSet",
+    "Claim",
+    "Clock",
+    "CommitResult",
+    "EventBroker",
+    "EventRecord",
+    "Executor",
+    "ItemRecord",
+    "JobProgress",
+    "JobRecord",
+    "Storage",
+    "VisitRecord",
+]
+
+
+class JobProgress:
+    """A job with its counters: everything a snapshot needs, read in one go."""
+
+    __slots__ = ("counts", "job", "started", "step_statuses", "substep_counts")
+
+    def __init__(
+        self,
+        job: JobRecord,
+        counts: Mapping[str, Mapping[ItemStatus, int]],
+        substep_counts: Mapping[str, Mapping[str, Mapping[SubStepStatus, int]]],
+        step_statuses: Mapping[str, StepStatus],
+        started: frozenset[str],
+    ) -> None:
+        self.job = job
+        self.counts = counts
+        self.substep_counts = substep_counts
+        self.step_statuses = step_statuses
+        self.started = started
+
+
+class Storage(ABC):
+    """Durable state: jobs, items, visits, counters, events, leases and action ids.
+
+    Contract, for every implementation:
+
+    * :meth:`commit` and :meth:`create_job` are atomic: the change, the counters it
+      moves, the statuses it re-derives and its events are all written, or nothing is.
+      They compute what to write with :func:`stepflow._commit.plan_commit`.
+    * Event sequence numbers are per job, start at 1, and are gapless and increasing.
+    * A visit is claimed by at most one owner at a time; each claim bumps its fencing
+      token, and a change guarded by an older token is refused with ``LeaseLost``.
+    * Lease expiry is judged by the storage's own clock (the database clock for SQL).
+    * Reads never return a half-applied change.
+    * An action id is applied at most once per job; its result is kept.
+    """
+
+    async def start(self) -> None:
+        """Open connections, create or check tables. Called once before any other use."""
+
+    async def aclose(self) -> None:
+        """Release connections. The storage is not used afterwards."""
+
+    @abstractmethod
+    async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
+        """Insert ``job`` and apply ``change`` (its items and first visits) atomically.
+
+        If a job with the same non-null ``idempotency_key`` exists, write nothing and
+        return ``(existing_job, False)``; else return ``(job, True)``.
+        """
+
+    @abstractmethod
+    async def get_job(self, job_id: str) -> JobRecord:
+        """The job, or raise ``NotFound``."""
+
+    @abstractmethod
+    async def progress(self, job_id: str) -> JobProgress:
+        """The job with its per-step counters, sub-step counters and step statuses.
+
+        Its cost must not grow with the number of items.
+        """
+
+    @abstractmethod
+    async def get_items(self, job_id: str, item_ids: Collection[str]) -> dict[str, ItemRecord]:
+        """The named items of the job that exist (unknown ids are left out)."""
+
+    @abstractmethod
+    async def get_visits(
+        self, job_id: str, step: str, item_ids: Collection[str]
+    ) -> dict[str, VisitRecord]:
+        """The visits of the named items at ``step``, by item id (absent ones left out)."""
+
+    @abstractmethod
+    async def find_visits(
+        self, job_id: str, step: str, statuses: Collection[ItemStatus], limit: int
+    ) -> list[VisitRecord]:
+        """Up to ``limit`` visits at ``step`` in one of ``statuses``, in item order."""
+
+    @abstractmethod
+    async def list_visits(
+        self,
+        job_id: str,
+        step: str,
+        statuses: Collection[ItemStatus] | None,
+        after: int,
+        limit: int,
+    ) -> list[tuple[ItemRecord, VisitRecord]]:
+        """A page of visits at ``step`` whose item position is greater than ``after``."""
+
+    @abstractmethod
+    async def item_outputs(
+        self, job_id: str, item_ids: Collection[str]
+    ) -> dict[str, dict[str, Any]]:
+        """For each item, the outputs of its visits that have one, by step key."""
+
+    @abstractmethod
+    async def commit(self, change: ChangeSet) -> CommitResult:
+        """Apply ``change`` atomically (see the class contract).
+
+        Raises ``StaleWrite``/``LeaseLost`` when a guard fails, ``InvalidTransition``
+        for a change outside the tables, ``Conflict`` when the job's status does not
+        fit, ``DuplicateAction`` when ``change.action_id`` was applied before — in every
+        case having written nothing.
+        """
+
+    @abstractmethod
+    async def get_action(self, job_id: str, action_id: str) -> dict[str, Any] | None:
+        """The stored result of an applied action id, or ``None``."""
+
+    @abstractmethod
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
+        """Claim up to ``limit`` visits that are due, moving each to ``processing``.
+
+        Due: ``available`` at a step that runs work and is started (``auto_process``
+        or started by hand), or ``retrying`` with ``next_attempt_at`` reached; in a job
+        that is ``pending`` or ``in_progress``; without exceeding the step's
+        ``concurrency`` of visits ``processing`` in that job. Each claim increments
+        ``attempts`` and ``token``, sets the lease, and commits like :meth:`commit`.
+        """
+
+    @abstractmethod
+    async def renew(
+        self, owner: str, held: Sequence[tuple[str, int]], lease_seconds: float
+    ) -> set[str]:
+        """Extend the leases of ``(visit_id, token)`` pairs still held by ``owner``.
+
+        Returns the visit ids whose lease was extended; any other was lost.
+        """
+
+    @abstractmethod
+    async def rescue_expired(
+        self, retry_delay: Callable[[JobRecord, VisitRecord], float | None]
+    ) -> int:
+        """Take back every ``processing`` visit whose lease has expired.
+
+        ``retry_delay(job, visit)`` says when it may run again (seconds from now, or ``None``
+        when its retry policy is spent, in which case it fails). Each rescue is a
+        guarded change with reason ``lease expired``. Returns how many were rescued.
+        """
+
+    @abstractmethod
+    async def next_due(self) -> float | None:
+        """The earliest ``next_attempt_at`` of a ``retrying`` visit, or ``None``."""
+
+    @abstractmethod
+    async def read_events(self, job_id: str, after: int, limit: int) -> list[EventRecord]:
+        """Up to ``limit`` events of the job with ``seq > after``, in order."""
+
+    @abstractmethod
+    async def now(self) -> float:
+        """The storage's clock, in Unix seconds (the database clock for SQL)."""
+
+
+class Executor(ABC):
+    """Where a handler call runs.
+
+    Contract: :meth:`run` calls ``func(argument)`` and returns its result or raises its
+    exception. An ``async`` function is awaited; a plain one must not block the event
+    loop. If the calling task is cancelled, :meth:`run` returns promptly (a thread may
+    be abandoned; the handler's context says it was cancelled).
+    """
+
+    @abstractmethod
+    async def run(self, func: Callable[[Any], Any], argument: Any, *, is_async: bool) -> Any:
+        """Run one handler call."""
+
+
+class EventBroker(ABC):
+    """Tells waiting readers that a job changed, and idle workers that work arrived.
+
+    Contract: notifications carry ids only and may be lost or merged; a reader always
+    re-reads the storage, so the broker only shortens waits. :meth:`wait_job` and
+    :meth:`wait_work` return ``True`` when notified and ``False`` after ``timeout``.
+    """
+
+    @abstractmethod
+    def publish_job(self, job_id: str, seq: int) -> None:
+        """Say that ``job_id`` has events up to ``seq``."""
+
+    @abstractmethod
+    async def wait_job(self, job_id: str, after: int, timeout: float | None) -> bool:
+        """Wait until an event after ``after`` is published for ``job_id``."""
+
+    @abstractmethod
+    def publish_work(self) -> None:
+        """Say that work may be claimable now."""
+
+    @abstractmethod
+    async def wait_work(self, timeout: float | None) -> bool:
+        """Wait until :meth:`publish_work` is called."""
+
+
+class Clock(ABC):
+    """Time for retry waits and rate limits; replaceable by a fake clock in tests."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """Unix seconds."""
+
+    @abstractmethod
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds`` of this clock's time."""
+
+    def timeout_seconds(self, deadline: float) -> float | None:
+        """Real seconds to wait for ``deadline`` of this clock, for timed waits.
+
+        ``None`` means "wait until woken": a fake clock wakes waiters when it moves.
+        """
+        return max(0.0, deadline - self.now())
+
+    def on_advance(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever time jumps (a fake clock); real clocks ignore it."""
+
+
+HandlerCall = Callable[[Any], Awaitable[Any] | Any]

@@ -95,6 +95,7 @@ def plan_commit(
     if job.status is JobStatus.CANCELLED and (change.visits or change.new_visits):
         raise Conflict(f"job {job.id} is cancelled")
     plan = CommitPlan(visits={}, started=started | frozenset(change.started_steps))
+    plan.events.extend(change.events)  # the action (or creation) first, then its effects
     for vc in change.visits:
         current = plan.visits.get(vc.visit_id) or before.get(vc.visit_id)
         if current is None:
@@ -140,7 +141,6 @@ def plan_commit(
         plan.events.append(EventDraft("item.status", visit.step, visit.item_id, data))
         for key, state in visit.substeps.items():
             plan.substep_deltas[(visit.step, key, SubStepStatus(state["status"]))] += 1
-    plan.events.extend(change.events)
     _derive(plan, job, change, counts, statuses, now)
     return plan
 

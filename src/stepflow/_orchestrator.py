@@ -143,7 +143,9 @@ class Orchestrator:
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
-            await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+            # The host's own exception (if any) propagates as it is, not inside an
+            # exception group: the engine is stopped as on a normal exit.
+            await stack.aclose()
 
     # -- definitions ------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ class Engine:
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.rate_limiter = RateLimiter(clock)
-        self.running: dict[str, _Running] = {}
+        self.running: dict[tuple[str, int], _Running] = {}  #: by (visit id, token)
         self._busy = 0
 
     # -- lifecycle ------------------------------------------------------------------
@@ -135,12 +135,11 @@ class Engine:
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self.lease_seconds / 3)
-            held = [(r.claim.visit.id, r.claim.visit.token) for r in self.running.values()]
+            held = list(self.running)
             if held:
                 kept = await self.storage.renew(self.owner, held, self.lease_seconds)
-                for visit_id_, _ in held:
-                    if visit_id_ not in kept and visit_id_ in self.running:
-                        self.abandon(visit_id_)
+                for lost in set(held) - kept:
+                    self._cancel(lost)
             await self.storage.rescue_expired(self._rescue_delay)
 
     async def _flush_progress(self) -> None:
@@ -174,18 +173,22 @@ class Engine:
         failure = Failure(ErrorKind.TIMEOUT, "lease expired", "LeaseExpired")
         return retry_delay(step.retry, failure, visit.attempts - visit.retry_base)
 
-    def abandon(self, visit: str) -> None:
-        """Cancel the run of ``visit`` here (its job was cancelled or its lease lost)."""
-        running = self.running.get(visit)
+    def _cancel(self, key: tuple[str, int]) -> None:
+        running = self.running.get(key)
         if running is not None:
             for ctx in running.contexts:
                 ctx._cancelled = True
             running.scope.cancel()
 
+    def abandon(self, visit: str) -> None:
+        """Cancel every run of ``visit`` here (its job was cancelled or it was discarded)."""
+        for key in [k for k in self.running if k[0] == visit]:
+            self._cancel(key)
+
     def cancel_job(self, job_id: str) -> None:
-        for visit, running in list(self.running.items()):
+        for key, running in list(self.running.items()):
             if running.claim.job.id == job_id:
-                self.abandon(visit)
+                self._cancel(key)
 
     def _publish(self, job_id: str, seq: int) -> None:
         self.broker.publish_job(job_id, seq)
@@ -195,7 +198,8 @@ class Engine:
     async def _process(self, claim: Claim) -> None:
         pipeline = self.pipeline_for(claim.job)
         step = pipeline.step(claim.visit.step)
-        running = self.running[claim.visit.id] = _Running(claim)
+        key = (claim.visit.id, claim.visit.token)
+        running = self.running[key] = _Running(claim)
         change: ChangeSet | None = None
         try:
             with running.scope:
@@ -206,7 +210,7 @@ class Engine:
         except _Abandoned:
             change = None
         finally:
-            del self.running[claim.visit.id]
+            del self.running[key]
         if change is None or running.scope.cancel_called:
             return
         try:

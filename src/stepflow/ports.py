@@ -163,10 +163,10 @@ class Storage(ABC):
     @abstractmethod
     async def renew(
         self, owner: str, held: Sequence[tuple[str, int]], lease_seconds: float
-    ) -> set[str]:
+    ) -> set[tuple[str, int]]:
         """Extend the leases of ``(visit_id, token)`` pairs still held by ``owner``.
 
-        Returns the visit ids whose lease was extended; any other was lost.
+        Returns the pairs whose lease was extended; any other was lost.
         """
 
     @abstractmethod

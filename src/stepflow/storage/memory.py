@@ -229,9 +229,9 @@ class MemoryStorage(Storage):
 
     async def renew(
         self, owner: str, held: Sequence[tuple[str, int]], lease_seconds: float
-    ) -> set[str]:
+    ) -> set[tuple[str, int]]:
         expires = self.clock.now() + lease_seconds
-        kept: set[str] = set()
+        kept: set[tuple[str, int]] = set()
         for visit_id, token in held:
             visit = self._visits.get(visit_id)
             if (
@@ -241,7 +241,7 @@ class MemoryStorage(Storage):
                 and visit.lease_owner == owner
             ):
                 self._visits[visit_id] = dataclasses.replace(visit, lease_expires_at=expires)
-                kept.add(visit_id)
+                kept.add((visit_id, token))
         return kept
 
     async def rescue_expired(

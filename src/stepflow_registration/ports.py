@@ -159,9 +159,7 @@ class AccountSetup(Protocol):
     """One method per account-setup sub-step; each returns a JSON-ready mapping."""
 
     async def register_account(self, request: AccountSetupRequest) -> Mapping[str, Any]: ...
-    async def generate_code_injections(
-        self, request: AccountSetupRequest
-    ) -> Mapping[str, Any]:
+    async def generate_code_injections(self, request: AccountSetupRequest) -> Mapping[str, Any]:
         """Must return ``codeInjectionId`` when code was generated (website config needs it)."""
         ...
 

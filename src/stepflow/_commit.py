@@ -177,11 +177,16 @@ def _derive(
     statuses: Mapping[str, StepStatus],
     now: float,
 ) -> None:
-    after_counts: dict[str, Counter[ItemStatus]] = {
-        info.key: Counter(counts.get(info.key, {})) for info in job.steps
+    after_counts: dict[str, Mapping[ItemStatus, int]] = {
+        info.key: counts.get(info.key, {}) for info in job.steps
     }
+    copied: dict[str, Counter[ItemStatus]] = {}  # never change the storage's own counters
     for (step, status), delta in plan.count_deltas.items():
-        after_counts[step][status] += delta
+        if delta:
+            if step not in copied:
+                copied[step] = Counter(after_counts[step])
+                after_counts[step] = copied[step]
+            copied[step][status] += delta
     current = job.status
     if change.job_status is not None and change.job_status is not current:
         check_transition("job", current, change.job_status, explicit=change.reopen)

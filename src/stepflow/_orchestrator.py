@@ -664,12 +664,13 @@ class Orchestrator:
 
         Returns the snapshot at that moment; raises ``TimeoutError`` after ``timeout``.
         """
+        busy = (StepStatus.IN_PROGRESS, StepStatus.RETRYING)
         with anyio.fail_after(timeout):
             while True:
-                snap = await self.snapshot(job_id)
-                busy = any(
-                    s.status in (StepStatus.IN_PROGRESS, StepStatus.RETRYING) for s in snap.steps
-                )
-                if not busy or snap.job.status in (*JOB_TERMINAL, JobStatus.PAUSED):
-                    return snap
-                await self.broker.wait_job(job_id, snap.version, timeout=1.0)
+                progress = await self.storage.progress(job_id)
+                job = progress.job
+                if job.status in (*JOB_TERMINAL, JobStatus.PAUSED) or not any(
+                    status in busy for status in progress.step_statuses.values()
+                ):
+                    return build_snapshot(progress, self._pipeline_for(job))
+                await self.broker.wait_job(job_id, job.seq, timeout=1.0)

@@ -1,0 +1,75 @@
+"""Item-step transitions per second on the in-memory storage.
+
+An item-step transition is one item finishing one step (processed and passed on). Two
+shapes, each timed from job creation until every job is final:
+
+* batch:    1 job  x 10,000 items x 6 automatic no-op steps (60,000 transitions)
+* workflow: 1,000 jobs x 1 item  x 6 automatic no-op steps  (6,000 transitions)
+
+Run: ``.venv/bin/python benchmarks/bench_memory.py [--repeat 3] [--items N] [--jobs N]``.
+Prints the median and min-max of the repetitions. This is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import anyio
+
+from stepflow import Handlers, JobStatus, Orchestrator, Pipeline
+
+STEPS = 6
+
+
+def noop_pipeline() -> Pipeline:
+    return Pipeline.load({
+        "name": "noop",
+        "steps": [{"key": f"s{n}", "handler": "noop", "concurrency": 64} for n in range(STEPS)],
+    })
+
+
+async def noop(ctx: Any) -> None:
+    return None
+
+
+async def run(jobs: int, items_per_job: int) -> float:
+    handlers = Handlers()
+    handlers.add("noop", noop)
+    async with Orchestrator(handlers=handlers, pipelines=[noop_pipeline()],
+                            max_concurrency=64) as orch:
+        started = time.perf_counter()
+        ids = []
+        for j in range(jobs):
+            job = await orch.create_job(
+                "noop", [{"key": f"j{j}i{i}"} for i in range(items_per_job)]
+            )
+            ids.append(job.id)
+        for job_id in ids:
+            snap = await orch.wait(job_id, timeout=600)
+            assert snap.job.status is JobStatus.COMPLETED, snap.job.status
+        elapsed = time.perf_counter() - started
+    return jobs * items_per_job * STEPS / elapsed
+
+
+def report(name: str, rates: list[float]) -> None:
+    print(f"{name:<44} median {statistics.median(rates):>9,.0f} transitions/s "
+          f"(min {min(rates):,.0f}, max {max(rates):,.0f}, n={len(rates)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--jobs", type=int, default=1_000)
+    args = parser.parse_args()
+    batch = [anyio.run(run, 1, args.items) for _ in range(args.repeat)]
+    report(f"memory batch: 1 job x {args.items:,} items x {STEPS} steps", batch)
+    flow = [anyio.run(run, args.jobs, 1) for _ in range(args.repeat)]
+    report(f"memory workflow: {args.jobs:,} jobs x 1 item x {STEPS} steps", flow)
+
+
+if __name__ == "__main__":
+    main()

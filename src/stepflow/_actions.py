@@ -155,10 +155,13 @@ class ActionPlanner:
 
     def pass_items(self, step: str, item_ids: Sequence[str] | None, start_next: bool) -> Plan:
         async def plan(job: JobRecord, pipeline: Pipeline) -> tuple[ChangeSet, list[str]]:
-            visits = await self._visits(job, step, item_ids, _PASSABLE, {I.PROCESSED}, "pass")
+            definition = pipeline.step(step)
+            ready = {I.PROCESSED} if definition.runs_work else {I.PROCESSED, I.AVAILABLE}
+            visits = await self._visits(job, step, item_ids, _PASSABLE, ready, "pass")
+            if not visits:
+                raise Conflict(f"no items to pass at step {step!r}")
             change = ChangeSet(job.id, reopen=True, expect_job=_NOT_CANCELLED)
             items, outputs = await self._context(job, visits)
-            definition = pipeline.step(step)
             for visit in visits:
                 leave(
                     change,
@@ -317,7 +320,10 @@ class ActionPlanner:
                     }
                     for key, state in visit.substeps.items()
                     if state["status"] in (U.FAILED, U.IN_PROGRESS, U.RETRYING)
-                    or (state["status"] == U.SKIPPED and state.get("cause") == "dependency")
+                    or (
+                        state["status"] == U.SKIPPED
+                        and state.get("cause") in ("dependency", "blocked")
+                    )
                 }
                 change.visits.append(
                     VisitChange(

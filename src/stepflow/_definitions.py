@@ -127,7 +127,13 @@ Condition = tuple[Annotated[Check, BeforeValidator(_check_shorthand)], ...]
 
 
 class SubStep(_Data):
-    """A unit of work inside a step, run as part of a dependency graph."""
+    """A unit of work inside a step, run as part of a dependency graph.
+
+    It starts once every dependency is done. A failed dependency skips it (with the
+    reason); a skipped dependency skips it too unless ``when_dependency_skipped`` is
+    ``run`` (e.g. "register the restaurant on an existing account when creating the
+    account was skipped").
+    """
 
     key: Key
     name: Text = ""
@@ -140,6 +146,7 @@ class SubStep(_Data):
     timeout: float | None = Field(None, gt=0)
     rate_limit: RateLimit | None = None
     phase: int = Field(1, gt=0, le=100)
+    when_dependency_skipped: Literal["skip", "run"] = "skip"
 
     @property
     def handler_key(self) -> str:

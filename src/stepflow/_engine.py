@@ -37,7 +37,7 @@ from ._planning import (
 from ._ratelimit import RateLimiter
 from ._records import ChangeSet, Claim, EventDraft, JobRecord, VisitChange, VisitRecord
 from ._retry import retry_delay
-from ._states import ItemStatus, SubStepStatus
+from ._states import SUBSTEP_DONE, ItemStatus, SubStepStatus
 from .ports import Clock, EventBroker, Executor, Storage
 
 __all__ = ["Engine"]
@@ -254,6 +254,9 @@ class Engine:
         try:
             with guard:
                 output = await self.executor.run(func, ctx, is_async=is_async)
+        except BaseException:
+            ctx._cancelled = True  # a plain handler still running in its thread can stop
+            raise
         finally:
             running.contexts.remove(ctx)
         check_json(output, "output")
@@ -277,9 +280,18 @@ class Engine:
         try:
             output = await self._call(running, ctx, step.handler, step.timeout)
         except AskPerson as ask:
-            change.visits.append(
-                self._change(claim, ItemStatus.AWAITING_INPUT, done, reason=ask.reason)
-            )
+            if step.action is not None:
+                change.visits.append(
+                    self._change(claim, ItemStatus.AWAITING_INPUT, done, reason=ask.reason)
+                )
+                return change
+            done["error"] = Failure(
+                ErrorKind.PERMANENT,
+                f"asked for a person ({ask.reason}) but step {step.key!r} has no action",
+                "AskPerson",
+            ).as_error(visit.attempts)
+            done["finished_at"] = now()
+            change.visits.append(self._change(claim, ItemStatus.FAILED, done, reason="permanent"))
             return change
         except SkipItem as skip:
             done["finished_at"] = now()
@@ -394,6 +406,16 @@ class Engine:
                 if not started:
                     break
                 started.discard(await done_receive.receive())
+        for sub in step.substeps:
+            if blocked_by and states[sub.key]["status"] == U.PENDING:
+                await self._finish_substep(
+                    claim,
+                    states,
+                    sub.key,
+                    U.SKIPPED,
+                    cause="blocked",
+                    reason=f"stopped: blocking sub-step {blocked_by[0]} failed",
+                )
         return self._substeps_result(claim, pipeline, step, states, blocked_by)
 
     async def _start_ready(
@@ -415,7 +437,10 @@ class Engine:
                 if state["status"] != U.PENDING or sub.key in started:
                     continue
                 deps = {d: states[d]["status"] for d in sub.depends_on}
-                unfinished = [d for d, s in deps.items() if s in (U.FAILED, U.SKIPPED)]
+                stops = (
+                    (U.FAILED, U.SKIPPED) if sub.when_dependency_skipped == "skip" else (U.FAILED,)
+                )
+                unfinished = [d for d, s in deps.items() if s in stops]
                 if unfinished:
                     dep = unfinished[0]
                     await self._finish_substep(
@@ -427,7 +452,7 @@ class Engine:
                         cause="dependency",
                     )
                     progress = True
-                elif all(s == U.COMPLETED for s in deps.values()):
+                elif all(s in SUBSTEP_DONE for s in deps.values()):
                     started.add(sub.key)
                     tg.start_soon(
                         self._run_substep, running, pipeline, step, sub, states, blocked_by, done

@@ -96,10 +96,12 @@ class NotFound(StepflowError, LookupError):
 class PermissionDenied(StepflowError):
     """The host's authorisation hook refused an action; nothing was written."""
 
-    def __init__(self, actor: str, action: str) -> None:
+    def __init__(self, actor: str, action: str, job_id: str = "") -> None:
         self.actor = actor
         self.action = action
-        super().__init__(f"{actor!r} may not {action}")
+        self.job_id = job_id
+        where = f" on job {job_id}" if job_id else ""
+        super().__init__(f"{actor!r} may not {action}{where}")
 
 
 class Conflict(StepflowError):

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel
 
 from ._definitions import ErrorKind, Pipeline, Step, SubStep
-from ._errors import BindingError, StepError
+from ._errors import BindingError, InvalidInput, StepError
 from ._jsonsafe import check_json
 
 __all__ = [
@@ -155,14 +155,22 @@ class Failure:
     message: str
     type: str
     retry_after: float | None = None
+    details: Any = None
 
     def as_error(self, attempt: int) -> dict[str, Any]:
-        return {
+        error = {
             "kind": self.kind.value,
             "message": self.message[:2000],
             "type": self.type,
             "attempt": attempt,
         }
+        if self.details is not None:
+            try:
+                check_json(self.details, "error details", 16 * 1024)
+                error["details"] = self.details
+            except InvalidInput:
+                error["details"] = repr(self.details)[:2000]
+        return error
 
 
 class ErrorClassifier:
@@ -191,7 +199,8 @@ class ErrorClassifier:
         message = str(exc) or type(exc).__name__
         name = type(exc).__name__
         if isinstance(exc, StepError):
-            return Failure(ErrorKind(exc.kind), message, name, getattr(exc, "retry_after", None))
+            retry_after = getattr(exc, "retry_after", None)
+            return Failure(ErrorKind(exc.kind), message, name, retry_after, exc.details)
         for klass in type(exc).__mro__:
             rule = self._rules.get(klass)
             if rule is not None:

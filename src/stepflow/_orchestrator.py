@@ -61,7 +61,12 @@ class ItemInput(BaseModel):
 
 
 def _actor(actor: ActorLike) -> Actor:
-    return actor if isinstance(actor, Actor) else Actor(id=actor)
+    if isinstance(actor, Actor):
+        return actor
+    try:
+        return Actor(id=actor)
+    except ValidationError as exc:
+        raise InvalidInput(f"actor: {exc.errors()[0]['msg']}") from None
 
 
 class Orchestrator:
@@ -483,7 +488,7 @@ class Orchestrator:
         if inspect.isawaitable(allowed):
             allowed = await allowed
         if allowed is not True:
-            raise PermissionDenied(request.actor.id, f"{request.action} on job {request.job_id}")
+            raise PermissionDenied(request.actor.id, request.action, request.job_id)
 
     async def _act(
         self,

@@ -98,13 +98,10 @@ def _step_actions(
         found.append(AvailableAction(action="submit", step=step.key, count=n(I.AWAITING_INPUT)))
     if n(I.FAILED):
         found.append(AvailableAction(action="retry", step=step.key, count=n(I.FAILED)))
-    if n(I.AWAITING_INPUT, I.FAILED, I.RETRYING):
-        found.append(
-            AvailableAction(
-                action="skip", step=step.key, count=n(I.AWAITING_INPUT, I.FAILED, I.RETRYING)
-            )
-        )
-    discardable = n(*(ITEM_OPEN - {I.PROCESSING})) + n(I.FAILED)
+    skippable = n(I.AVAILABLE, I.AWAITING_INPUT, I.FAILED, I.RETRYING)
+    if skippable:
+        found.append(AvailableAction(action="skip", step=step.key, count=skippable))
+    discardable = n(*ITEM_OPEN) + n(I.FAILED)
     if discardable:
         found.append(AvailableAction(action="discard", step=step.key, count=discardable))
     return found

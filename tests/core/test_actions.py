@@ -262,3 +262,27 @@ async def test_unbound_handler_is_refused_at_registration() -> None:
 
     with pytest.raises(BindingError, match="handler ok"):
         Orchestrator(handlers=Handlers(), pipelines=[MANUAL])
+
+
+async def test_pass_at_a_review_step_takes_available_items_by_default() -> None:
+    """At a step with no handler, pass with no ids passes the waiting items; none left is a Conflict."""
+    p = pipeline(auto("a", "ok"), {"key": "review", "type": "action_required",
+                                   "advance": "manual"})
+    async with running(p, registry=handlers(ok=ok)) as orch:
+        job = await orch.create_job("p", items(2))
+        snap = await orch.wait(job.id, timeout=5)
+        assert ("pass", "review", 2) in [(a.action, a.step, a.count) for a in snap.actions]
+        result = await orch.pass_items(job.id, "review")
+        snap = await orch.wait(job.id, timeout=5)
+        with pytest.raises(Conflict, match="no items to pass"):
+            await orch.pass_items(job.id, "review")
+    assert len(result.affected) == 2
+    assert snap.job.status is JobStatus.COMPLETED
+
+
+async def test_a_bad_actor_is_invalid_input() -> None:
+    """An empty or unprintable actor id is a typed InvalidInput, not a raw validation error."""
+    async with running(MANUAL, registry=handlers(ok=ok)) as orch:
+        job = await orch.create_job("p", items(1))
+        with pytest.raises(InvalidInput, match="actor"):
+            await orch.pause_job(job.id, actor="")

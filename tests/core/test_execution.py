@@ -360,3 +360,34 @@ async def test_a_result_from_a_lost_lease_is_refused() -> None:
     assert item.attempts == 2
     rescue = [e for e in events if e.data.get("reason") == "lease expired"]
     assert len(rescue) == 1 and rescue[0].data["to"] == "retrying"
+
+
+async def test_asking_for_a_person_without_an_action_fails_the_item() -> None:
+    """ask_person at a step no person can answer fails the item instead of stranding it."""
+
+    async def ask(ctx: Any) -> None:
+        ctx.ask_person("need help")
+
+    p = pipeline(auto("a", "ask"))
+    async with running(p, registry=handlers(ask=ask)) as orch:
+        job = await orch.create_job("p", items(1))
+        await orch.wait(job.id, timeout=5)
+        [item] = (await orch.list_items(job.id, "a")).items
+    assert item.status is ItemStatus.FAILED
+    assert item.error is not None and "has no action" in item.error["message"]
+
+
+async def test_error_details_are_kept_with_the_error() -> None:
+    """A StepError's JSON details are stored with the item's error."""
+    from stepflow import PermanentError
+
+    async def reject(ctx: Any) -> None:
+        raise PermanentError("rejected", details={"status": 422, "field": "gst"})
+
+    p = pipeline(auto("a", "reject"))
+    async with running(p, registry=handlers(reject=reject)) as orch:
+        job = await orch.create_job("p", items(1))
+        await orch.wait(job.id, timeout=5)
+        [item] = (await orch.list_items(job.id, "a")).items
+    assert item.error is not None
+    assert item.error["details"] == {"status": 422, "field": "gst"}

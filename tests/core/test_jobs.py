@@ -70,7 +70,7 @@ async def test_draft_job_waits_until_started() -> None:
         job = await orch.create_job("p", items(2), start=False)
         snap = await orch.snapshot(job.id)
         assert snap.job.status is JobStatus.DRAFT
-        assert [a.action for a in snap.actions] == ["start", "cancel", "discard"]
+        assert [a.action for a in snap.actions] == ["start", "cancel", "skip", "discard"]
         await orch.start_job(job.id)
         snap = await orch.wait(job.id, timeout=5)
     assert snap.job.status is JobStatus.COMPLETED

@@ -105,7 +105,7 @@ async def test_blocking_failure_stops_the_item_and_keeps_progress() -> None:
     assert r1.status is ItemStatus.FAILED
     assert r1.error is not None and "account" in r1.error["failed"]
     assert r1.substeps["code"]["status"] == "completed"
-    assert r1.substeps["register"]["status"] in ("pending", "skipped")
+    assert r1.substeps["register"]["status"] == "skipped"
     assert services.runs("r1", "register") == 0
     assert r2.status is ItemStatus.PASSED
     assert snap.job.status is JobStatus.COMPLETED
@@ -212,3 +212,34 @@ async def test_snapshot_shows_sub_step_progress_by_phase() -> None:
     assert code.counts == {SubStepStatus.COMPLETED: 1, SubStepStatus.FAILED: 1}
     assert phases[2].status is SubStepStatus.COMPLETED
     assert phases[2].substeps[0].counts == {SubStepStatus.COMPLETED: 1, SubStepStatus.SKIPPED: 1}
+
+
+async def test_a_sub_step_can_run_after_a_skipped_dependency_when_declared() -> None:
+    """when_dependency_skipped: run lets a sub-step go on past a skipped (not failed) one."""
+    p = pipeline({"key": "setup", "substeps": [
+        {"key": "account", "run_if": ["item.new_account"]},
+        {"key": "register", "depends_on": ["account"], "when_dependency_skipped": "run"},
+        {"key": "menu", "depends_on": ["account"]},
+    ]})
+    services = Services()
+    async with running(p, registry=services.registry()) as orch:
+        job = await orch.create_job("p", [{"key": "r1", "data": {"new_account": False}}])
+        await orch.wait(job.id, timeout=5)
+        states = await substeps_of(orch, job.id)
+    assert states["account"]["status"] == "skipped"
+    assert states["register"]["status"] == "completed"
+    assert states["menu"]["status"] == "skipped"
+    assert states["menu"]["reason"] == "dependency account skipped"
+
+
+async def test_sub_steps_stopped_by_a_blocking_failure_say_so() -> None:
+    """Sub-steps never started after a blocking failure end skipped, naming the blocker."""
+    services = Services()
+    services.fail[("r1", "account")] = PermanentError
+    async with running(GRAPH, registry=services.registry()) as orch:
+        job = await orch.create_job("p", one())
+        snap = await orch.wait(job.id, timeout=5)
+        states = await substeps_of(orch, job.id)
+    assert states["register"] == {**states["register"], "status": "skipped", "cause": "blocked",
+                                  "reason": "stopped: blocking sub-step account failed"}
+    assert snap.steps[0].phases[1].status is SubStepStatus.COMPLETED

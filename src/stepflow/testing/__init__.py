@@ -7,5 +7,6 @@ that checks the invariants of any pipeline on any storage.
 
 from ..storage.memory import MemoryStorage
 from .clock import FakeClock
+from .stateful import PipelineMachine, pipeline_machine
 
-__all__ = ["FakeClock", "MemoryStorage"]
+__all__ = ["FakeClock", "MemoryStorage", "PipelineMachine", "pipeline_machine"]

@@ -22,6 +22,7 @@ factory; run it with ``run_state_machine_as_test`` or its ``TestCase``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -46,7 +47,7 @@ from .._errors import (
     TransientError,
 )
 from .._handlers import HandlerContext, Handlers
-from .._models import Item, Snapshot
+from .._models import Event, Item, Snapshot
 from .._orchestrator import Orchestrator
 from .._states import (
     ITEM_OPEN,
@@ -82,6 +83,17 @@ _DISCARDABLE = ITEM_OPEN | {I.FAILED}
 _REOPENERS = frozenset({"retry", "pass", "skip"})
 _LEAVES: tuple[Any, ...] = (True, False, None, 0, 1, "x", "")
 _SETTLE_SECONDS = 30.0
+
+
+class _Collect(logging.Handler):
+    """Keeps the error records stepflow logs (the engine logs and survives its own bugs)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 class AnyPayload(BaseModel):
@@ -261,6 +273,8 @@ class PipelineMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.script = Script()
+        self.logged = _Collect()
+        logging.getLogger("stepflow").addHandler(self.logged)
         self.shapes = _shapes(self.pipeline)
         handlers = Handlers()
         for key in self.pipeline.handler_keys():
@@ -287,21 +301,42 @@ class PipelineMachine(RuleBasedStateMachine):
         self.touched: set[tuple[str, str, str]] = set()  # (job, item id, step)
 
     def teardown(self) -> None:
-        self.sync.close()
+        try:
+            self.sync.close()
+        finally:
+            logging.getLogger("stepflow").removeHandler(self.logged)
 
     # -- helpers ------------------------------------------------------------------
 
-    def _job(self, data: st.DataObject) -> _JobModel:
-        return data.draw(st.sampled_from(sorted(self.jobs.values(), key=lambda j: j.id)))
+    def _job(self, data: st.DataObject, prefer: Iterable[JobStatus] = ()) -> _JobModel:
+        """A job, in creation order; mostly one in a ``prefer`` status if there is one."""
+        jobs = list(self.jobs.values())
+        wanted = set(prefer)
+        fitting = [j for j in jobs if j.status in wanted]
+        if fitting and _mostly(data):
+            jobs = fitting
+        return data.draw(st.sampled_from(jobs))
 
-    def _step(self, data: st.DataObject, steps: Sequence[Step] | None = None) -> Step:
+    def _step(
+        self, data: st.DataObject, steps: Sequence[Step] | None = None, prefer: Sequence[Step] = ()
+    ) -> Step:
+        """One of ``steps`` (default: all); mostly one of ``prefer`` if there is one."""
+        if prefer and _mostly(data):
+            steps = prefer
         return data.draw(st.sampled_from(list(steps or self.pipeline.steps)))
 
-    def _ids(self, data: st.DataObject, job: _JobModel, step: str) -> list[str]:
-        """A few item ids: mostly items at ``step``, sometimes elsewhere or unknown."""
-        here = sorted(job.items.get(step, {}))
-        anywhere = sorted(job.ids)
-        pool = here or anywhere
+    def _ids(
+        self,
+        data: st.DataObject,
+        job: _JobModel,
+        step: str,
+        prefer: Iterable[ItemStatus] = (),
+    ) -> list[str]:
+        """A few item ids at ``step``, mostly in a ``prefer`` status; rarely unknown ones."""
+        here = list(job.items.get(step, {}))  # listing order: stable across runs
+        anywhere = sorted(job.ids, key=job.ids.__getitem__)  # by item key, not random id
+        fitting = job.at(step, prefer)
+        pool = fitting if fitting and _mostly(data) else here or anywhere
         choice = st.lists(st.sampled_from(pool), min_size=1, max_size=3, unique=True)
         picked = data.draw(choice)
         if data.draw(st.integers(0, 9)) == 0:
@@ -309,6 +344,11 @@ class PipelineMachine(RuleBasedStateMachine):
         elif data.draw(st.integers(0, 9)) == 0 and anywhere:
             picked.append(data.draw(st.sampled_from(anywhere)))
         return list(dict.fromkeys(picked))
+
+    def _steps_with(self, job: _JobModel, statuses: Iterable[ItemStatus]) -> list[Step]:
+        """The steps where ``job`` has items in ``statuses``."""
+        wanted = set(statuses)
+        return [s for s in self.pipeline.steps if job.at(s.key, wanted)]
 
     def _plan_outcomes(self, data: st.DataObject, key: str, steps: Iterable[Step]) -> None:
         outcomes = st.lists(st.sampled_from(OUTCOMES), max_size=3)
@@ -364,7 +404,7 @@ class PipelineMachine(RuleBasedStateMachine):
         """Create a job with 1-5 items whose outcomes are scripted up front."""
         again = [j for j in self.jobs.values() if j.idempotency_key]
         if again and data.draw(st.integers(0, 5)) == 0:
-            job = data.draw(st.sampled_from(sorted(again, key=lambda j: j.id)))
+            job = data.draw(st.sampled_from(again))
             items = [{"key": k} for k in job.keys]
             made = self.sync.create_job(
                 self.pipeline.name, items, idempotency_key=job.idempotency_key
@@ -423,27 +463,27 @@ class PipelineMachine(RuleBasedStateMachine):
         ]
         step = seconds if seconds is not None or not due else min(due) - now
         self.sync.portal.call(self.clock.advance, step or 0.1)
-        self.changed.update(self.jobs)
+        self.changed.update(j.id for j in self.jobs.values() if j.status not in JOB_TERMINAL)
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def pause_job(self, data: st.DataObject) -> None:
         """Pause; refused unless the job is pending or in progress."""
-        job = self._job(data)
+        job = self._job(data, (J.PENDING, J.IN_PROGRESS))
         self._send(job, "pause_job", self._job_error(job, (J.PENDING, J.IN_PROGRESS)))
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def resume_job(self, data: st.DataObject) -> None:
         """Resume; refused unless the job is paused."""
-        job = self._job(data)
+        job = self._job(data, (J.PAUSED,))
         self._send(job, "resume_job", self._job_error(job, (J.PAUSED,)))
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def cancel_job(self, data: st.DataObject) -> None:
         """Cancel; refused once the job is final."""
-        job = self._job(data)
+        job = self._job(data, _live())
         expected = None if job.status not in JOB_TERMINAL else Conflict
         self._send(job, "cancel_job", expected)
 
@@ -466,7 +506,7 @@ class PipelineMachine(RuleBasedStateMachine):
             ids: list[str] | None = None
             expected: Expected = None
         else:
-            ids = self._ids(data, job, step.key)
+            ids = self._ids(data, job, step.key, _PASSABLE)
             expected = self._item_error(job, step.key, ids, _PASSABLE)
         if expected is None and job.status is J.CANCELLED:
             expected = Conflict
@@ -477,8 +517,9 @@ class PipelineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def submit(self, data: st.DataObject) -> None:
         """Submit payloads; only for items awaiting input at a step with an action."""
-        job, step = self._job(data), self._step(data)
-        ids = self._ids(data, job, step.key)
+        job = self._job(data)
+        step = self._step(data, prefer=self._steps_with(job, {I.AWAITING_INPUT}))
+        ids = self._ids(data, job, step.key, {I.AWAITING_INPUT})
         payloads: dict[str, Any] = {}
         for item_id in ids:
             key = job.ids.get(item_id, item_id)
@@ -498,23 +539,23 @@ class PipelineMachine(RuleBasedStateMachine):
                 expected = InvalidInput
             if expected is None and job.status in JOB_TERMINAL:
                 expected = Conflict
-        self._send(job, "submit", expected, step.key, payloads)
-        if expected is None:
-            units = [self.pipeline.step(step.key)]
+        if expected is None:  # before sending: the engine may run them at once
             for item_id in ids:
-                self._plan_outcomes(data, job.ids[item_id], units)
+                self._plan_outcomes(data, job.ids[item_id], [step])
+        self._send(job, "submit", expected, step.key, payloads)
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def retry_items(self, data: st.DataObject) -> None:
         """Retry failed items (with fresh scripted outcomes); refused for other items."""
-        job, step = self._job(data), self._step(data)
+        job = self._job(data)
+        step = self._step(data, prefer=self._steps_with(job, {I.FAILED}))
         ids: list[str] | None
         if data.draw(st.integers(0, 3)) == 0:
             ids = None
             expected: Expected = None if job.at(step.key, {I.FAILED}) else Conflict
         else:
-            ids = self._ids(data, job, step.key)
+            ids = self._ids(data, job, step.key, {I.FAILED})
             expected = self._item_error(job, step.key, ids, {I.FAILED})
         if expected is None and job.status is J.CANCELLED:
             expected = Conflict
@@ -528,8 +569,9 @@ class PipelineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def skip_item(self, data: st.DataObject) -> None:
         """Skip an item at a step; only available, retrying, awaiting or failed ones."""
-        job, step = self._job(data), self._step(data)
-        (item_id,) = self._ids(data, job, step.key)[:1]
+        job = self._job(data)
+        step = self._step(data, prefer=self._steps_with(job, _SKIPPABLE))
+        (item_id,) = self._ids(data, job, step.key, _SKIPPABLE)[:1]
         expected = self._item_error(job, step.key, [item_id], _SKIPPABLE)
         if expected is None and job.status is J.CANCELLED:
             expected = Conflict
@@ -540,7 +582,7 @@ class PipelineMachine(RuleBasedStateMachine):
     def discard_items(self, data: st.DataObject) -> None:
         """Discard items; only open or failed ones, never in a cancelled job."""
         job, step = self._job(data), self._step(data)
-        ids = self._ids(data, job, step.key)
+        ids = self._ids(data, job, step.key, _DISCARDABLE)
         expected = self._item_error(job, step.key, ids, _DISCARDABLE)
         if expected is None and job.status is J.CANCELLED:
             expected = Conflict
@@ -550,8 +592,9 @@ class PipelineMachine(RuleBasedStateMachine):
 
     def _substep_target(self, data: st.DataObject) -> tuple[_JobModel, Step, str, str]:
         job = self._job(data)
-        step = self._step(data, [s for s in self.pipeline.steps if s.substeps])
-        (item_id,) = self._ids(data, job, step.key)[:1]
+        with_substeps = [s for s in self.pipeline.steps if s.substeps]
+        step = self._step(data, with_substeps, prefer=with_substeps)
+        (item_id,) = self._ids(data, job, step.key, frozenset(I) - {I.PROCESSING})[:1]
         sub = data.draw(st.sampled_from([s.key for s in step.substeps] + ["no-such-substep"]))
         return job, step, item_id, sub
 
@@ -571,18 +614,19 @@ class PipelineMachine(RuleBasedStateMachine):
         """Mark a sub-step by hand; done marks need done dependencies."""
         job, step, item_id, sub = self._substep_target(data)
         expected = self._substep_error(job, step, item_id, sub)
+        states = job.items[step.key][item_id].substeps if expected is None else {}
+        if expected is None and sub not in states:
+            expected = Conflict  # the item skipped this step: it has no sub-steps here
         if expected is None:
-            states = job.items[step.key][item_id].substeps
-            current = U(states[sub]["status"])
-            undone = [
-                d for d in step.substep(sub).depends_on if U(states[d]["status"]) not in SUBSTEP_DONE
-            ]
-            if U(to) in SUBSTEP_DONE and undone:
-                expected = Conflict
-            elif current is not U(to) and U(to) not in SUBSTEP_TRANSITIONS[current]:
-                expected = Conflict
-            elif job.status is J.CANCELLED:
-                expected = Conflict
+            target, current = U(to), U(states[sub]["status"])
+            deps = step.substep(sub).depends_on
+            undone = [d for d in deps if U(states[d]["status"]) not in SUBSTEP_DONE]
+            refused = (
+                (target in SUBSTEP_DONE and undone)
+                or (current is not target and target not in SUBSTEP_TRANSITIONS[current])
+                or job.status is J.CANCELLED
+            )
+            expected = Conflict if refused else None
         self._send(job, "mark_substep", expected, step.key, item_id, sub, to)
         if expected is None:
             self.touched.add((job.id, item_id, step.key))
@@ -593,12 +637,12 @@ class PipelineMachine(RuleBasedStateMachine):
         """Reset a sub-step and its dependents; refused when all are already pending."""
         job, step, item_id, sub = self._substep_target(data)
         expected = self._substep_error(job, step, item_id, sub)
+        states = job.items[step.key][item_id].substeps if expected is None else {}
+        if expected is None and sub not in states:
+            expected = Conflict  # the item skipped this step: it has no sub-steps here
         if expected is None:
-            states = job.items[step.key][item_id].substeps
             keys = [sub, *step.dependents(sub)]
-            if all(states[k]["status"] == U.PENDING for k in keys):
-                expected = Conflict
-            elif job.status is J.CANCELLED:
+            if all(states[k]["status"] == U.PENDING for k in keys) or job.status is J.CANCELLED:
                 expected = Conflict
         self._send(job, "reset_substep", expected, step.key, item_id, sub)
         if expected is None:
@@ -615,6 +659,7 @@ class PipelineMachine(RuleBasedStateMachine):
         assert result.duplicate, f"{sent.verb} with a used action id was applied again"
         assert tuple(result.affected) == sent.affected
 
+    @precondition(lambda self: self.jobs)
     @rule(verb=st.sampled_from(["pause_job", "resume_job", "cancel_job"]))
     def act_on_unknown_job(self, verb: str) -> None:
         """An action on a job that does not exist is NotFound."""
@@ -687,6 +732,10 @@ class PipelineMachine(RuleBasedStateMachine):
             self.sync.portal.call(self._settle)
         for job in self.jobs.values():
             self._check_job(job)
+        if self.logged.records:
+            formatter = logging.Formatter()
+            first = self.logged.records[0]
+            raise AssertionError(f"stepflow logged an error: {formatter.format(first)}")
         self.changed.clear()
         self.verbs.clear()
         self.touched.clear()
@@ -695,7 +744,7 @@ class PipelineMachine(RuleBasedStateMachine):
         sync = self.sync
         before = job.status
         snap = sync.snapshot(job.id)
-        events = []
+        events: list[Event] = []
         while True:
             batch = sync.events(job.id, after=job.seq + len(events), limit=1000)
             if not batch:
@@ -790,9 +839,7 @@ class PipelineMachine(RuleBasedStateMachine):
             shown = {s: n for s, n in view.counts.items() if n}
             assert shown == dict(counts), f"{step.key}: counts {shown} but items {dict(counts)}"
             assert view.received == len(listed)
-            derived = derive_step_status(
-                counts, started=view.started, upstream_open=upstream_open
-            )
+            derived = derive_step_status(counts, started=view.started, upstream_open=upstream_open)
             assert view.status is derived, f"{step.key} is {view.status}, derived {derived}"
             assert job.step_status.get(step.key, StepStatus.PENDING) is view.status
             upstream_open = upstream_open or any(counts[s] for s in ITEM_OPEN)
@@ -829,6 +876,11 @@ class PipelineMachine(RuleBasedStateMachine):
                 assert calls == job.completed[unit], f"completed sub-step {unit} ran again"
             elif status is U.COMPLETED:
                 job.completed[unit] = calls
+
+
+def _mostly(data: st.DataObject) -> bool:
+    """True three times in four."""
+    return data.draw(st.integers(0, 3)) > 0
 
 
 def _live() -> frozenset[JobStatus]:

@@ -52,6 +52,8 @@ async def running(
         yield orch
 
 
-async def ids_at(orch: Orchestrator, job_id: str, step: str, status: str | None = None) -> list[str]:
+async def ids_at(
+    orch: Orchestrator, job_id: str, step: str, status: str | None = None
+) -> list[str]:
     page = await orch.list_items(job_id, step, status=status, limit=1000)
     return [item.id for item in page.items]

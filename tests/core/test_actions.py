@@ -25,8 +25,11 @@ from .kit import Choice, auto, handlers, ids_at, items, ok, pipeline, running
 pytestmark = pytest.mark.anyio
 
 MANUAL = pipeline(auto("scan", "ok", advance="manual"), auto("enrich", "ok"))
-PICK = pipeline(auto("a", "ok"), {"key": "pick", "type": "action_required", "action": "choice"},
-                auto("z", "echo"))
+PICK = pipeline(
+    auto("a", "ok"),
+    {"key": "pick", "type": "action_required", "action": "choice"},
+    auto("z", "echo"),
+)
 
 
 async def echo(ctx: Any) -> Any:
@@ -103,7 +106,8 @@ async def test_invalid_payloads_are_all_reported_and_nothing_is_written() -> Non
         assert set(caught.value.problems) == {b, c}
         assert "value" in caught.value.problems[b][0]
         assert (await orch.snapshot(job.id)).version == version
-        with pytest.raises(ActionRejected, match="payload is 700.. bytes, over the limit of 65536"):
+        too_big = r"payload is 700.. bytes, over the limit of 65536"
+        with pytest.raises(ActionRejected, match=too_big):
             await orch.submit(job.id, "pick", {a: {"value": 1, "note": "x" * 70_000}})
         assert await ids_at(orch, job.id, "pick", "awaiting_input") == [a, b, c]
 
@@ -178,7 +182,7 @@ async def test_skip_moves_an_item_on_without_the_step() -> None:
     async with running(PICK, registry=handlers(ok=ok, echo=echo)) as orch:
         job = await orch.create_job("p", items(2))
         await orch.wait(job.id, timeout=5)
-        first, second = await ids_at(orch, job.id, "pick")
+        first, _ = await ids_at(orch, job.id, "pick")
         await orch.skip_item(job.id, "pick", first, reason="known customer")
         snap = await orch.wait(job.id, timeout=5)
         [skipped] = (await orch.list_items(job.id, "pick", status="skipped")).items
@@ -265,9 +269,8 @@ async def test_unbound_handler_is_refused_at_registration() -> None:
 
 
 async def test_pass_at_a_review_step_takes_available_items_by_default() -> None:
-    """At a step with no handler, pass with no ids passes the waiting items; none left is a Conflict."""
-    p = pipeline(auto("a", "ok"), {"key": "review", "type": "action_required",
-                                   "advance": "manual"})
+    """At a step with no handler, pass with no ids passes the waiting items; then Conflict."""
+    p = pipeline(auto("a", "ok"), {"key": "review", "type": "action_required", "advance": "manual"})
     async with running(p, registry=handlers(ok=ok)) as orch:
         job = await orch.create_job("p", items(2))
         snap = await orch.wait(job.id, timeout=5)

@@ -110,8 +110,9 @@ def test_action_required_needs_a_schema_or_manual_pass() -> None:
     """An action_required step with neither an action nor advance: manual is refused."""
     data = {"name": "p", "steps": [{"key": "a", "type": "action_required"}]}
     assert problems(data)[0][0] == "steps[0]"
-    Pipeline.load({"name": "p", "steps": [{"key": "a", "type": "action_required",
-                                           "advance": "manual"}]})
+    Pipeline.load(
+        {"name": "p", "steps": [{"key": "a", "type": "action_required", "advance": "manual"}]}
+    )
 
 
 def test_automatic_step_needs_work() -> None:
@@ -158,11 +159,18 @@ def test_condition_paths_must_point_somewhere() -> None:
     """run_if paths must start at a known root and name earlier steps or sibling sub-steps."""
     bad_root = base(run_if=["config.x"])
     assert problems(bad_root)[0][0] == "steps[0].run_if[0].path"
-    later = {"name": "p", "steps": [{"key": "a", "handler": "h", "run_if": ["outputs.b.x"]},
-                                    {"key": "b", "handler": "h"}]}
+    later = {
+        "name": "p",
+        "steps": [
+            {"key": "a", "handler": "h", "run_if": ["outputs.b.x"]},
+            {"key": "b", "handler": "h"},
+        ],
+    }
     assert problems(later)[0][0] == "steps[0].run_if[0].path"
-    sub = {"name": "p", "steps": [{"key": "a", "substeps": [{"key": "x",
-                                                             "run_if": ["substeps.nope.id"]}]}]}
+    sub = {
+        "name": "p",
+        "steps": [{"key": "a", "substeps": [{"key": "x", "run_if": ["substeps.nope.id"]}]}],
+    }
     assert problems(sub)[0][0] == "steps[0].substeps[0].run_if[0].path"
 
 
@@ -194,8 +202,21 @@ def test_definitions_are_frozen() -> None:
 
 def test_dependents_are_found_transitively() -> None:
     """Step.dependents follows depends_on in reverse, through several levels."""
-    step = Pipeline.load({"name": "p", "steps": [{"key": "a", "substeps": [
-        {"key": "x"}, {"key": "y", "depends_on": ["x"]}, {"key": "z", "depends_on": ["y"]},
-        {"key": "w"}]}]}).steps[0]
+    step = Pipeline.load(
+        {
+            "name": "p",
+            "steps": [
+                {
+                    "key": "a",
+                    "substeps": [
+                        {"key": "x"},
+                        {"key": "y", "depends_on": ["x"]},
+                        {"key": "z", "depends_on": ["y"]},
+                        {"key": "w"},
+                    ],
+                }
+            ],
+        }
+    ).steps[0]
     assert step.dependents("x") == ["y", "z"]
     assert step.dependents("w") == []

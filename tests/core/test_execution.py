@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from stepflow import (
@@ -54,8 +55,9 @@ async def test_transient_failures_retry_with_stored_backoff() -> None:
         assert waiting.next_attempt_at == clock.now() + 2
         assert waiting.error is not None and waiting.error["kind"] == "transient"
         clock.advance(2)
-        await until(orch, job.id, lambda s: len(starts) == 2 and s.steps[0].status is
-                    StepStatus.RETRYING)
+        await until(
+            orch, job.id, lambda s: len(starts) == 2 and s.steps[0].status is StepStatus.RETRYING
+        )
         clock.advance(4)
         snap = await orch.wait(job.id, timeout=5)
         [done] = (await orch.list_items(job.id, "a")).items
@@ -78,8 +80,12 @@ async def test_attempts_run_out_into_failed() -> None:
         [item] = (await orch.list_items(job.id, "a")).items
     assert snap.job.status is JobStatus.FAILED
     assert item.attempts == 3
-    assert item.error == {"kind": "transient", "message": "attempt 3", "type": "TransientError",
-                          "attempt": 3}
+    assert item.error == {
+        "kind": "transient",
+        "message": "attempt 3",
+        "type": "TransientError",
+        "attempt": 3,
+    }
 
 
 async def test_retry_after_wins_over_the_policy() -> None:
@@ -170,7 +176,7 @@ async def test_step_concurrency_caps_items_running_at_once() -> None:
         active += 1
         peak = max(peak, active)
         for _ in range(5):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         active -= 1
 
     p = pipeline(auto("a", "busy", concurrency=3))
@@ -352,7 +358,7 @@ async def test_a_result_from_a_lost_lease_is_refused() -> None:
         release.set()
         with anyio.fail_after(5):
             while orch.engine.running:  # the first holder tries to commit, and is refused
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         [item] = (await orch.list_items(job.id, "a")).items
         events = await orch.events(job.id)
     assert runs == [1, 2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from stepflow import (
@@ -79,17 +80,18 @@ async def test_draft_job_waits_until_started() -> None:
 async def test_pause_stops_claims_and_resume_continues() -> None:
     """A paused job claims no new work; resuming finishes it."""
     gate = anyio.Event()
+    first_started = anyio.Event()
     calls: list[str] = []
 
     async def slow(ctx: Any) -> None:
         calls.append(ctx.item_key)
+        first_started.set()
         await gate.wait()
 
     p = pipeline(auto("a", "slow", concurrency=1), auto("b", "ok"))
     async with running(p, registry=handlers(slow=slow, ok=ok)) as orch:
         job = await orch.create_job("p", items(3))
-        while not calls:
-            await anyio.sleep(0.001)
+        await first_started.wait()
         await orch.pause_job(job.id)
         gate.set()
         snap = await orch.wait(job.id, timeout=5)
@@ -118,7 +120,7 @@ async def test_cancel_stops_running_handlers_and_leaves_nothing_processing() -> 
         await started.wait()
         result = await orch.cancel_job(job.id)
         snap = await orch.wait(job.id, timeout=5)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
     assert snap.job.status is JobStatus.CANCELLED
     assert snap.steps[0].counts == {ItemStatus.CANCELLED: 4}
     assert len(result.affected) == 4

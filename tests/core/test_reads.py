@@ -23,21 +23,25 @@ async def test_snapshot_suggests_polls_and_lists_available_actions() -> None:
     async def held(ctx: Any) -> None:
         await gate.wait()
 
-    p = pipeline(auto("a", "held"), {"key": "pick", "type": "action_required",
-                                     "action": "choice"})
+    p = pipeline(auto("a", "held"), {"key": "pick", "type": "action_required", "action": "choice"})
     async with running(p, registry=handlers(held=held)) as orch:
         job = await orch.create_job("p", items(2))
         running_snap = await orch.snapshot(job.id)
         gate.set()
         waiting = await orch.wait(job.id, timeout=5)
-        await orch.submit(job.id, "pick", {i: {"value": 1} for i in await ids_at(orch, job.id,
-                                                                                  "pick")})
+        await orch.submit(
+            job.id, "pick", {i: {"value": 1} for i in await ids_at(orch, job.id, "pick")}
+        )
         final = await orch.wait(job.id, timeout=5)
     assert running_snap.poll_after == POLL_WHILE_RUNNING
     assert waiting.poll_after == POLL_WHILE_WAITING
     assert [(a.action, a.step, a.count) for a in waiting.actions] == [
-        ("pause", None, 0), ("cancel", None, 0), ("submit", "pick", 2), ("skip", "pick", 2),
-        ("discard", "pick", 2)]
+        ("pause", None, 0),
+        ("cancel", None, 0),
+        ("submit", "pick", 2),
+        ("skip", "pick", 2),
+        ("discard", "pick", 2),
+    ]
     assert final.poll_after is None
     assert running_snap.version < waiting.version < final.version
     assert final.job.status is JobStatus.COMPLETED
@@ -86,8 +90,11 @@ async def test_events_are_gapless_ordered_and_end_at_the_version() -> None:
     assert [e.seq for e in tail] == [6, 7, 8]
     moves = [e for e in events if e.type == "item.status" and e.step == "a"]
     assert {(e.data["from"], e.data["to"]) for e in moves} == {
-        (None, "available"), ("available", "processing"), ("processing", "processed"),
-        ("processed", "passed")}
+        (None, "available"),
+        ("available", "processing"),
+        ("processing", "processed"),
+        ("processed", "passed"),
+    }
 
 
 async def test_watch_yields_changes_as_they_happen_until_final() -> None:

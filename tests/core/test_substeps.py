@@ -5,27 +5,34 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from stepflow import Conflict, ItemStatus, JobStatus, PermanentError, SubStepStatus, TransientError
 
-from .kit import handlers, items, pipeline, running
+from .kit import handlers, pipeline, running
 
 pytestmark = pytest.mark.anyio
 
-GRAPH = pipeline({
-    "key": "setup",
-    "retry": {"max_attempts": 2, "initial_delay": 0},
-    "substeps": [
-        {"key": "account", "blocking": True, "phase": 1},
-        {"key": "code", "phase": 1},
-        {"key": "register", "depends_on": ["account"], "blocking": True, "phase": 2},
-        {"key": "website", "depends_on": ["code", "register"], "phase": 2,
-         "run_if": ["substeps.code.id"]},
-        {"key": "menu", "depends_on": ["register"], "phase": 2, "run_if": ["item.menu"]},
-        {"key": "tags", "depends_on": ["menu"], "phase": 3},
-    ],
-})
+GRAPH = pipeline(
+    {
+        "key": "setup",
+        "retry": {"max_attempts": 2, "initial_delay": 0},
+        "substeps": [
+            {"key": "account", "blocking": True, "phase": 1},
+            {"key": "code", "phase": 1},
+            {"key": "register", "depends_on": ["account"], "blocking": True, "phase": 2},
+            {
+                "key": "website",
+                "depends_on": ["code", "register"],
+                "phase": 2,
+                "run_if": ["substeps.code.id"],
+            },
+            {"key": "menu", "depends_on": ["register"], "phase": 2, "run_if": ["item.menu"]},
+            {"key": "tags", "depends_on": ["menu"], "phase": 3},
+        ],
+    }
+)
 KEYS = ["account", "code", "register", "website", "menu", "tags"]
 
 
@@ -40,14 +47,16 @@ class Services:
         def make(key: str) -> Any:
             async def run(ctx: Any) -> dict[str, Any]:
                 self.log.append(("start", ctx.item_key, key))
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
                 error = self.fail.get((ctx.item_key, key))
                 if error is not None:
                     self.log.append(("fail", ctx.item_key, key))
                     raise error(f"{key} failed")
                 self.log.append(("end", ctx.item_key, key))
                 return {"id": f"{key}-{ctx.item_key}"}
+
             return run
+
         return handlers(**{key: make(key) for key in KEYS})
 
     def runs(self, item: str, key: str) -> int:
@@ -71,8 +80,12 @@ async def test_dependencies_are_the_schedule() -> None:
         snap = await orch.wait(job.id, timeout=5)
     assert snap.job.status is JobStatus.COMPLETED
     order = [(e, k) for e, _, k in services.log]
-    for key, deps in {"register": ["account"], "website": ["code", "register"],
-                      "menu": ["register"], "tags": ["menu"]}.items():
+    for key, deps in {
+        "register": ["account"],
+        "website": ["code", "register"],
+        "menu": ["register"],
+        "tags": ["menu"],
+    }.items():
         for dep in deps:
             assert order.index(("end", dep)) < order.index(("start", key))
     assert order.index(("start", "code")) < order.index(("end", "account"))
@@ -179,16 +192,25 @@ async def test_marks_need_dependencies_done_and_resets_take_dependents() -> None
         with pytest.raises(Conflict, match="dependencies account are not completed"):
             await orch.mark_substep(job.id, "setup", item.id, "register", "completed")
         await orch.mark_substep(job.id, "setup", item.id, "register", "failed")
-        await orch.mark_substep(job.id, "setup", item.id, "account", "completed",
-                                reason="created by hand")
+        await orch.mark_substep(
+            job.id, "setup", item.id, "account", "completed", reason="created by hand"
+        )
         await orch.mark_substep(job.id, "setup", item.id, "register", "completed")
         states = await substeps_of(orch, job.id)
-        assert states["account"] == {**states["account"], "status": "completed",
-                                     "reason": "created by hand", "cause": "manual"}
+        assert states["account"] == {
+            **states["account"],
+            "status": "completed",
+            "reason": "created by hand",
+            "cause": "manual",
+        }
         await orch.reset_substep(job.id, "setup", item.id, "account")
         states = await substeps_of(orch, job.id)
         assert {k: states[k]["status"] for k in ("account", "register", "website", "menu")} == {
-            "account": "pending", "register": "pending", "website": "pending", "menu": "pending"}
+            "account": "pending",
+            "register": "pending",
+            "website": "pending",
+            "menu": "pending",
+        }
         assert states["code"]["status"] == "completed"
         del services.fail[("r1", "account")]
         await orch.retry_items(job.id, "setup")
@@ -216,11 +238,16 @@ async def test_snapshot_shows_sub_step_progress_by_phase() -> None:
 
 async def test_a_sub_step_can_run_after_a_skipped_dependency_when_declared() -> None:
     """when_dependency_skipped: run lets a sub-step go on past a skipped (not failed) one."""
-    p = pipeline({"key": "setup", "substeps": [
-        {"key": "account", "run_if": ["item.new_account"]},
-        {"key": "register", "depends_on": ["account"], "when_dependency_skipped": "run"},
-        {"key": "menu", "depends_on": ["account"]},
-    ]})
+    p = pipeline(
+        {
+            "key": "setup",
+            "substeps": [
+                {"key": "account", "run_if": ["item.new_account"]},
+                {"key": "register", "depends_on": ["account"], "when_dependency_skipped": "run"},
+                {"key": "menu", "depends_on": ["account"]},
+            ],
+        }
+    )
     services = Services()
     async with running(p, registry=services.registry()) as orch:
         job = await orch.create_job("p", [{"key": "r1", "data": {"new_account": False}}])
@@ -240,6 +267,10 @@ async def test_sub_steps_stopped_by_a_blocking_failure_say_so() -> None:
         job = await orch.create_job("p", one())
         snap = await orch.wait(job.id, timeout=5)
         states = await substeps_of(orch, job.id)
-    assert states["register"] == {**states["register"], "status": "skipped", "cause": "blocked",
-                                  "reason": "stopped: blocking sub-step account failed"}
+    assert states["register"] == {
+        **states["register"],
+        "status": "skipped",
+        "cause": "blocked",
+        "reason": "stopped: blocking sub-step account failed",
+    }
     assert snap.steps[0].phases[1].status is SubStepStatus.COMPLETED

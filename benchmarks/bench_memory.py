@@ -25,10 +25,12 @@ STEPS = 6
 
 
 def noop_pipeline() -> Pipeline:
-    return Pipeline.load({
-        "name": "noop",
-        "steps": [{"key": f"s{n}", "handler": "noop", "concurrency": 64} for n in range(STEPS)],
-    })
+    return Pipeline.load(
+        {
+            "name": "noop",
+            "steps": [{"key": f"s{n}", "handler": "noop", "concurrency": 64} for n in range(STEPS)],
+        }
+    )
 
 
 async def noop(ctx: Any) -> None:
@@ -38,8 +40,9 @@ async def noop(ctx: Any) -> None:
 async def run(jobs: int, items_per_job: int) -> float:
     handlers = Handlers()
     handlers.add("noop", noop)
-    async with Orchestrator(handlers=handlers, pipelines=[noop_pipeline()],
-                            max_concurrency=64) as orch:
+    async with Orchestrator(
+        handlers=handlers, pipelines=[noop_pipeline()], max_concurrency=64
+    ) as orch:
         started = time.perf_counter()
         ids = []
         for j in range(jobs):
@@ -55,8 +58,10 @@ async def run(jobs: int, items_per_job: int) -> float:
 
 
 def report(name: str, rates: list[float]) -> None:
-    print(f"{name:<44} median {statistics.median(rates):>9,.0f} transitions/s "
-          f"(min {min(rates):,.0f}, max {max(rates):,.0f}, n={len(rates)})")
+    print(
+        f"{name:<44} median {statistics.median(rates):>9,.0f} transitions/s "
+        f"(min {min(rates):,.0f}, max {max(rates):,.0f}, n={len(rates)})"
+    )
 
 
 def main() -> None:

@@ -29,3 +29,35 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def _postgres_reachable(url: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), 2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI (STEPFLOW_REQUIRE_POSTGRES=1) an unreachable PostgreSQL fails the run."""
+    if os.environ.get("STEPFLOW_REQUIRE_POSTGRES") != "1":
+        return
+    url = os.environ.get("STEPFLOW_TEST_POSTGRES_URL", "")
+    if not url or not _postgres_reachable(url):
+        pytest.exit(f"PostgreSQL is required here but unreachable at {url!r}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test PostgreSQL URL; tests using it skip (with the reason) when it is absent."""
+    url = os.environ.get("STEPFLOW_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("PostgreSQL tests need STEPFLOW_TEST_POSTGRES_URL (set by .ci/run)")
+    if not _postgres_reachable(url):
+        pytest.skip(f"PostgreSQL unreachable at {url}")
+    return url

@@ -1,0 +1,191 @@
+"""The stateful machine of stepflow.testing, run on three shapes of pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis.stateful import run_state_machine_as_test
+from pydantic import BaseModel
+
+from stepflow import (
+    HandlerContext,
+    Handlers,
+    PermanentError,
+    Pipeline,
+    Step,
+    SyncOrchestrator,
+    TransientError,
+)
+from stepflow.testing import FakeClock, MemoryStorage, pipeline_machine
+
+FAST_RETRY = {"max_attempts": 3, "initial_delay": 0.5, "multiplier": 2.0, "max_delay": 2.0}
+
+AUTOMATIC = Pipeline.load(
+    {
+        "name": "three-automatic",
+        "steps": [
+            {"key": "fetch", "handler": "fetch", "retry": FAST_RETRY},
+            {"key": "enrich", "handler": "enrich", "retry": FAST_RETRY, "concurrency": 2},
+            {"key": "store", "handler": "store", "retry": {**FAST_RETRY, "max_attempts": 2}},
+        ],
+    }
+)
+
+PEOPLE = Pipeline.load(
+    {
+        "name": "with-people",
+        "steps": [
+            {"key": "search", "handler": "search", "retry": FAST_RETRY},
+            {"key": "choose", "type": "action_required", "action": "pick"},
+            {"key": "review", "type": "action_required", "advance": "manual"},
+            {
+                "key": "extract",
+                "handler": "extract",
+                "retry": FAST_RETRY,
+                "run_if": [{"path": "outputs.choose.company", "test": "not_equals", "value": ""}],
+            },
+        ],
+    }
+)
+
+SUBSTEPS = Pipeline.load(
+    {
+        "name": "with-substeps",
+        "steps": [
+            {"key": "configure", "handler": "configure", "advance": "manual"},
+            {
+                "key": "setup",
+                "retry": FAST_RETRY,
+                "substeps": [
+                    {"key": "account", "blocking": True},
+                    {"key": "code", "retry": {**FAST_RETRY, "max_attempts": 2}},
+                    {"key": "images", "run_if": ["item.images"]},
+                    {"key": "register", "depends_on": ["account"], "blocking": True},
+                    {
+                        "key": "website",
+                        "depends_on": ["code", "register"],
+                        "run_if": [{"path": "substeps.code.site", "test": "truthy"}],
+                    },
+                    {"key": "menu", "depends_on": ["register"]},
+                ],
+            },
+            {
+                "key": "notify",
+                "handler": "notify",
+                "run_if": [{"path": "item.quiet", "test": "falsy"}],
+            },
+        ],
+    }
+)
+
+
+class Pick(BaseModel):
+    """The payload of the company selection in the PEOPLE pipeline."""
+
+    company: str
+
+
+def pick_payload(step: Step, item_key: str) -> dict[str, Any]:
+    return {"company": "" if item_key.endswith("0") else f"company of {item_key}"}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,  # the ci profile finds it; the dev profile seldom does
+    reason="core bug, see test_skipping_the_last_failed_item_completes_a_failed_job; "
+    "remove this mark with that one",
+)
+def test_three_automatic_steps_keep_the_invariants() -> None:
+    """Random runs of a 3-step automatic pipeline with retries keep every invariant."""
+    run_state_machine_as_test(pipeline_machine(AUTOMATIC, MemoryStorage))
+
+
+@pytest.mark.slow
+def test_people_steps_keep_the_invariants() -> None:
+    """Random runs with an action step (typed payload) and a manual step keep every invariant."""
+    machine = pipeline_machine(
+        PEOPLE, MemoryStorage, payload_for=pick_payload, action_models={"pick": Pick}
+    )
+    run_state_machine_as_test(machine)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,  # found in about 1 run in 4 with the dev profile, nearly always with ci
+    reason="core bugs, see test_cancel_while_a_substep_waits_to_retry_logs_no_engine_error "
+    "and test_skipping_the_last_failed_item_completes_a_failed_job; remove with those marks",
+)
+def test_substeps_keep_the_invariants() -> None:
+    """Random runs with dependent, blocking and conditional sub-steps keep every invariant."""
+    run_state_machine_as_test(pipeline_machine(SUBSTEPS, MemoryStorage))
+
+
+def test_machine_binds_every_handler_and_action_key() -> None:
+    """The machine class runs a pipeline without any host handlers bound."""
+    machine = pipeline_machine(PEOPLE)
+    instance = machine()
+    try:
+        assert instance.orch.pipeline("with-people").content_hash == PEOPLE.content_hash
+    finally:
+        instance.teardown()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: cancelling a job while a sub-step waits to retry makes the engine "
+    "raise ClosedResourceError in _run_substeps (done stream closed before the tasks end)",
+)
+def test_cancel_while_a_substep_waits_to_retry_logs_no_engine_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cancelling a job whose sub-step sleeps before a retry leaves no engine error behind."""
+    pipeline = Pipeline.load({"name": "p", "steps": [{"key": "s", "substeps": [{"key": "a"}]}]})
+    handlers = Handlers()
+
+    async def flaky(ctx: HandlerContext) -> None:
+        raise TransientError("try again")
+
+    handlers.add("a", flaky)
+    clock = FakeClock()
+    storage = MemoryStorage(clock)
+    with SyncOrchestrator(storage, handlers=handlers, pipelines=[pipeline], clock=clock) as orch:
+        job = orch.create_job("p", [{"key": "x"}])
+        for _ in range(1000):
+            if orch.list_items(job.id, "s").items[0].substeps["a"]["status"] == "retrying":
+                break
+            orch.portal.call(anyio.sleep, 0.001)
+        with caplog.at_level(logging.ERROR, logger="stepflow"):
+            orch.cancel_job(job.id)
+            orch.portal.call(anyio.sleep, 0.05)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: JOB_TRANSITIONS has no failed -> completed, so a person's skip or "
+    "pass that finishes the last failed item of a failed job raises InvalidTransition",
+)
+@pytest.mark.parametrize("verb", ["skip_item", "pass_items"])
+def test_skipping_the_last_failed_item_completes_a_failed_job(verb: str) -> None:
+    """Skipping or passing the only failed item of a failed job to the end completes it."""
+    pipeline = Pipeline.load({"name": "p", "steps": [{"key": "a", "handler": "a"}]})
+    handlers = Handlers()
+
+    async def fail(ctx: HandlerContext) -> None:
+        raise PermanentError("no")
+
+    handlers.add("a", fail)
+    clock = FakeClock()
+    storage = MemoryStorage(clock)
+    with SyncOrchestrator(storage, handlers=handlers, pipelines=[pipeline], clock=clock) as orch:
+        job = orch.create_job("p", [{"key": "x"}])
+        assert orch.wait(job.id, timeout=5).job.status == "failed"
+        item_id = orch.list_items(job.id, "a").items[0].id
+        if verb == "skip_item":
+            orch.skip_item(job.id, "a", item_id)
+        else:
+            orch.pass_items(job.id, "a", [item_id])
+        assert orch.snapshot(job.id).job.status == "completed"

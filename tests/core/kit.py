@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stepflow import Handlers, Orchestrator, Pipeline
+from stepflow.ports import Storage
 from stepflow.testing import FakeClock, MemoryStorage
 
 
@@ -41,11 +42,17 @@ def items(n: int) -> list[dict[str, Any]]:
     return [{"key": f"i{k}", "data": {"n": k}} for k in range(n)]
 
 
+#: Makes the storage each test runs on; set per test by the ``backend`` fixture.
+STORAGE: dict[str, Callable[[FakeClock | None], Storage]] = {
+    "factory": lambda clock: MemoryStorage(clock)
+}
+
+
 @asynccontextmanager
 async def running(
     *pipelines: Pipeline, registry: Handlers, clock: FakeClock | None = None, **kwargs: Any
 ) -> AsyncIterator[Orchestrator]:
-    storage = MemoryStorage(clock) if clock else None
+    storage = STORAGE["factory"](clock)
     async with Orchestrator(
         storage, handlers=registry, pipelines=pipelines, clock=clock, **kwargs
     ) as orch:

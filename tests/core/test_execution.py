@@ -20,7 +20,7 @@ from stepflow import (
 )
 from stepflow.testing import FakeClock
 
-from .kit import auto, handlers, ids_at, items, ok, pipeline, running
+from .kit import auto, handlers, items, ok, pipeline, running
 
 pytestmark = pytest.mark.anyio
 
@@ -291,13 +291,14 @@ async def test_expanding_step_emits_new_items() -> None:
         job = await orch.create_job("p", items(2))
         snap = await orch.wait(job.id, timeout=5)
         assert snap.steps[0].counts == {ItemStatus.CANCELLED: 2, ItemStatus.PROCESSED: 6}
-        leads = await ids_at(orch, job.id, "scan", "processed")
-        await orch.pass_items(job.id, "scan", leads[:4])
+        chosen = (await orch.list_items(job.id, "scan", status="processed")).items[:4]
+        await orch.pass_items(job.id, "scan", [lead.id for lead in chosen])
         snap = await orch.wait(job.id, timeout=5)
         page = await orch.list_items(job.id, "enrich")
     assert snap.steps[1].counts == {ItemStatus.PASSED: 4}
     assert snap.totals["items"] == 8
-    assert [i.key for i in page.items] == ["i0-lead0", "i0-lead1", "i0-lead2", "i1-lead0"]
+    assert [i.key for i in page.items] == [lead.key for lead in chosen]
+    assert {lead.data["page"] for lead in chosen} <= {"i0", "i1"}
 
 
 async def test_output_that_is_not_json_fails_naming_the_type() -> None:

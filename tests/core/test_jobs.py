@@ -157,24 +157,27 @@ async def test_unknown_ids_raise_not_found() -> None:
 async def test_bad_items_and_metadata_are_refused_before_writing() -> None:
     """Duplicate keys, bad keys, oversize metadata and NaN are typed errors; no job is made."""
     async with running(THREE, registry=handlers(ok=ok)) as orch:
+        key = {"idempotency_key": "batch"}
         with pytest.raises(InvalidInput, match=r"items\[1\].key: duplicate"):
-            await orch.create_job("p", [{"key": "x"}, {"key": "x"}])
+            await orch.create_job("p", [{"key": "x"}, {"key": "x"}], **key)
         with pytest.raises(InvalidInput, match=r"items\[0\].key"):
-            await orch.create_job("p", [{"key": "bad\nkey"}])
+            await orch.create_job("p", [{"key": "bad\nkey"}], **key)
         with pytest.raises(LimitExceeded) as caught:
-            await orch.create_job("p", items(1), metadata={"blob": "x" * 300_000})
+            await orch.create_job("p", items(1), metadata={"blob": "x" * 300_000}, **key)
         assert caught.value.field == "metadata"
         assert caught.value.limit == 256 * 1024
         with pytest.raises(InvalidInput, match="JSON cannot carry"):
-            await orch.create_job("p", [{"key": "k", "data": {"v": float("nan")}}])
+            await orch.create_job("p", [{"key": "k", "data": {"v": float("nan")}}], **key)
         with pytest.raises(InvalidInput, match="u0000"):
-            await orch.create_job("p", [{"key": "k", "data": {"v": "a\x00b"}}])
+            await orch.create_job("p", [{"key": "k", "data": {"v": "a\x00b"}}], **key)
         deep: dict[str, Any] = {}
         for _ in range(40):
             deep = {"d": deep}
         with pytest.raises(InvalidInput, match="deeper than 32"):
-            await orch.create_job("p", [{"key": "k", "data": deep}])
-        assert orch.storage._jobs == {}  # type: ignore[attr-defined]
+            await orch.create_job("p", [{"key": "k", "data": deep}], **key)
+        job = await orch.create_job("p", items(3), **key)
+        snap = await orch.wait(job.id, timeout=5)
+    assert snap.totals["items"] == 3  # the key was still free: nothing had been stored
 
 
 async def test_job_keeps_running_on_the_definition_it_started_with() -> None:

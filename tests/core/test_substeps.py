@@ -42,11 +42,17 @@ class Services:
     def __init__(self) -> None:
         self.log: list[tuple[str, str, str]] = []  # (event, item key, sub-step)
         self.fail: dict[tuple[str, str], type[Exception]] = {}
+        self.started: dict[str, anyio.Event] = {k: anyio.Event() for k in KEYS}
+        self.wait_for: dict[str, str] = {}  # sub-step -> sub-step that must start first
 
     def registry(self) -> Any:
         def make(key: str) -> Any:
             async def run(ctx: Any) -> dict[str, Any]:
                 self.log.append(("start", ctx.item_key, key))
+                self.started[key].set()
+                if key in self.wait_for:
+                    with anyio.fail_after(5):  # only ends if the other one runs meanwhile
+                        await self.started[self.wait_for[key]].wait()
                 await anyio.lowlevel.checkpoint()
                 error = self.fail.get((ctx.item_key, key))
                 if error is not None:
@@ -75,6 +81,7 @@ async def substeps_of(orch: Any, job_id: str) -> dict[str, dict[str, Any]]:
 async def test_dependencies_are_the_schedule() -> None:
     """A sub-step starts only after its dependencies ended; independent ones overlap."""
     services = Services()
+    services.wait_for["account"] = "code"  # account finishes only once code has started
     async with running(GRAPH, registry=services.registry()) as orch:
         job = await orch.create_job("p", one())
         snap = await orch.wait(job.id, timeout=5)

@@ -1,0 +1,876 @@
+"""The SQL storage: SQLite (embedded default) and PostgreSQL, on SQLAlchemy 2 async.
+
+Design decision: a commit is one database transaction that reads the rows the change
+names (locking them on PostgreSQL; SQLite writes run under ``BEGIN IMMEDIATE``), asks
+:func:`stepflow._commit.plan_commit` what the change means, and writes exactly that —
+visits, counters, statuses, events and the action id — so the meaning of a change is
+shared with the in-memory storage and only the I/O lives here. The job row is locked
+first in every write, which keeps a job's event sequence gapless and its counters exact
+under any number of writers. On SQLite, "database is locked" is retried inside the
+library (with a busy timeout below it and one writer at a time per process above it),
+so it never reaches a caller.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+from sqlalchemy import and_, bindparam, event, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+from ..._commit import CommitPlan, initial_step_statuses, plan_commit
+from ..._errors import DuplicateAction, InvalidInput, NotFound
+from ..._records import (
+    ChangeSet,
+    Claim,
+    CommitResult,
+    EventRecord,
+    ItemRecord,
+    JobRecord,
+    StepInfo,
+    VisitChange,
+    VisitRecord,
+)
+from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
+from ...ports import Clock, JobProgress, Storage
+from .tables import Tables, build_tables
+
+__all__ = ["SQLStorage", "redact_url"]
+
+T = TypeVar("T")
+_ACTIVE = (JobStatus.PENDING.value, JobStatus.IN_PROGRESS.value)
+_VISIT_FIELDS = (
+    "status",
+    "attempts",
+    "retry_base",
+    "token",
+    "next_attempt_at",
+    "lease_owner",
+    "lease_expires_at",
+    "input",
+    "output",
+    "error",
+    "reason",
+    "substeps",
+    "progress",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "position",
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, OperationalError) and ("locked" in text or "busy" in text)
+
+
+class SQLStorage(Storage):
+    """Durable storage in SQLite (``sqlite+aiosqlite:///path``) or PostgreSQL
+    (``postgresql+psycopg://...``).
+
+    ``prefix`` and ``schema`` place the tables; ``create_tables`` makes a fresh
+    database ready on :meth:`start` (migrations are the way for shared databases).
+    ``clock`` replaces the database clock (tests only).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "stepflow_",
+        schema: str | None = None,
+        create_tables: bool = True,
+        clock: Clock | None = None,
+        engine: AsyncEngine | None = None,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.url = _normalise_url(url)
+        self.tables: Tables = build_tables(prefix, schema)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.create_tables = create_tables
+        self.clock = clock
+        self._busy_timeout = busy_timeout
+        self._engine = engine
+        self._write_lock: anyio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({redact_url(self.url)!r})"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("SQLStorage.start() has not been called")
+        return self._engine
+
+    async def start(self) -> None:
+        if self._engine is None:
+            self._engine = self._make_engine()
+        if self.create_tables:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(self.tables.metadata.create_all)
+
+    def _make_engine(self) -> AsyncEngine:
+        if not self.is_sqlite:
+            return create_async_engine(self.url, pool_pre_ping=True, pool_size=10)
+        engine = create_async_engine(self.url)
+        timeout_ms = int(self._busy_timeout * 1000)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                f"busy_timeout={timeout_ms}",
+                "foreign_keys=ON",
+            ):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            # Writes take SQLite's write lock up front (no lock upgrade deadlocks);
+            # reads stay deferred and read a WAL snapshot without blocking anyone.
+            write = conn.get_execution_options().get("stepflow_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    # -- transactions ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        if self.is_sqlite:
+            if self._write_lock is None:
+                self._write_lock = anyio.Lock()
+            async with self._write_lock, self.engine.connect() as conn:
+                conn = await conn.execution_options(stepflow_write=True)
+                async with conn.begin():
+                    yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    async def _write(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``op`` in a write transaction, retrying when SQLite says it is locked."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_locked),
+            wait=wait_random_exponential(multiplier=0.005, max=0.5),
+            stop=stop_after_delay(120),
+            reraise=True,
+        )
+        # A transaction is never cut in half by a cancelled caller: it finishes (or
+        # fails) as a whole, and the cancellation takes effect right after it.
+        with anyio.CancelScope(shield=True):
+            async for attempt in retrying:
+                with attempt:
+                    async with self._transaction() as conn:
+                        return await op(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        with anyio.CancelScope(shield=True):
+            async with self.engine.connect() as conn:
+                return await op(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _db_now(self, conn: AsyncConnection) -> float:
+        if self.clock is not None:
+            return self.clock.now()
+        if self.is_sqlite:
+            return time.time()
+        query = select(func.extract("epoch", func.clock_timestamp()))
+        value: Any = (await conn.execute(query)).scalar()
+        return float(value)
+
+    async def now(self) -> float:
+        return await self._read(self._db_now)
+
+    # -- rows -----------------------------------------------------------------------
+
+    def _job_from_row(self, row: Any) -> JobRecord:
+        return JobRecord(
+            id=row.id,
+            pipeline=row.pipeline,
+            version=row.version,
+            definition_hash=row.definition_hash,
+            definition=row.definition,
+            steps=tuple(StepInfo(k, bool(w), int(c)) for k, w, c in row.steps),
+            status=JobStatus(row.status),
+            auto_process=bool(row.auto_process),
+            metadata=row.metadata,
+            idempotency_key=row.idempotency_key,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            seq=row.seq,
+            item_count=row.item_count,
+        )
+
+    @staticmethod
+    def _visit_from_row(row: Any) -> VisitRecord:
+        return VisitRecord(
+            id=row.id,
+            job_id=row.job_id,
+            item_id=row.item_id,
+            step=row.step,
+            status=ItemStatus(row.status),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            position=row.position,
+            attempts=row.attempts,
+            retry_base=row.retry_base,
+            token=row.token,
+            next_attempt_at=row.next_attempt_at,
+            lease_owner=row.lease_owner,
+            lease_expires_at=row.lease_expires_at,
+            input=row.input,
+            output=row.output,
+            error=row.error,
+            reason=row.reason,
+            substeps=row.substeps or {},
+            progress=row.progress,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+
+    @staticmethod
+    def _item_from_row(row: Any) -> ItemRecord:
+        return ItemRecord(
+            row.id, row.job_id, row.key, row.data, row.created_at, row.position, row.parent_id
+        )
+
+    async def _load_job(
+        self, conn: AsyncConnection, job_id: str, lock: bool = False
+    ) -> tuple[JobRecord, Any]:
+        query = select(self.tables.jobs).where(self.tables.jobs.c.id == job_id)
+        if lock and not self.is_sqlite:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound("job", job_id)
+        return self._job_from_row(row), row
+
+    async def _load_counts(
+        self, conn: AsyncConnection, job_id: str
+    ) -> dict[str, Counter[ItemStatus]]:
+        c = self.tables.counts
+        rows = await conn.execute(select(c.c.step, c.c.status, c.c.n).where(c.c.job_id == job_id))
+        counts: dict[str, Counter[ItemStatus]] = {}
+        for step, status, n in rows:
+            counts.setdefault(step, Counter())[ItemStatus(status)] = n
+        return counts
+
+    async def _load_visits(
+        self, conn: AsyncConnection, ids: Collection[str], lock: bool = False
+    ) -> dict[str, VisitRecord]:
+        if not ids:
+            return {}
+        v = self.tables.visits
+        query = select(v).where(v.c.id.in_(list(ids)))
+        if lock and not self.is_sqlite:
+            query = query.with_for_update()
+        return {row.id: self._visit_from_row(row) for row in await conn.execute(query)}
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
+        t = self.tables
+
+        async def op(conn: AsyncConnection) -> tuple[JobRecord, bool]:
+            if job.idempotency_key is not None:
+                existing = (
+                    await conn.execute(
+                        select(t.jobs).where(t.jobs.c.idempotency_key == job.idempotency_key)
+                    )
+                ).first()
+                if existing is not None:
+                    return self._job_from_row(existing), False
+            await conn.execute(
+                insert(t.jobs).values(
+                    id=job.id,
+                    pipeline=job.pipeline,
+                    version=job.version,
+                    definition_hash=job.definition_hash,
+                    definition=job.definition,
+                    steps=[[s.key, s.runs_work, s.concurrency] for s in job.steps],
+                    status=job.status.value,
+                    auto_process=job.auto_process,
+                    metadata=job.metadata,
+                    idempotency_key=job.idempotency_key,
+                    created_by=job.created_by,
+                    created_at=job.created_at,
+                    updated_at=job.updated_at,
+                    seq=0,
+                    item_count=0,
+                    started_steps=[],
+                    step_statuses={k: s.value for k, s in initial_step_statuses(job).items()},
+                )
+            )
+            await self._apply(conn, change)
+            return (await self._load_job(conn, job.id))[0], True
+
+        try:
+            return await self._write(op)
+        except IntegrityError:
+            if job.idempotency_key is None:
+                raise InvalidInput(f"job id {job.id!r} already exists") from None
+
+            # Another writer created the job with this key first: return theirs.
+            async def read(conn: AsyncConnection) -> tuple[JobRecord, bool]:
+                row = (
+                    await conn.execute(
+                        select(t.jobs).where(t.jobs.c.idempotency_key == job.idempotency_key)
+                    )
+                ).one()
+                return self._job_from_row(row), False
+
+            return await self._read(read)
+
+    async def commit(self, change: ChangeSet) -> CommitResult:
+        return await self._write(lambda conn: self._apply(conn, change))
+
+    async def _apply(self, conn: AsyncConnection, change: ChangeSet) -> CommitResult:
+        t = self.tables
+        job, row = await self._load_job(conn, change.job_id, lock=True)
+        if change.action_id is not None:
+            found = (
+                await conn.execute(
+                    select(t.actions.c.result).where(
+                        t.actions.c.job_id == job.id, t.actions.c.action_id == change.action_id
+                    )
+                )
+            ).first()
+            if found is not None:
+                raise DuplicateAction(change.action_id, found.result)
+        before = await self._load_visits(conn, {vc.visit_id for vc in change.visits}, lock=True)
+        counts = await self._load_counts(conn, job.id)
+        statuses = {k: StepStatus(s) for k, s in row.step_statuses.items()}
+        started = frozenset(row.started_steps)
+        now = await self._db_now(conn)
+        plan = plan_commit(job, before, change, counts, statuses, started, now)
+        await self._write_plan(conn, job, change, plan, before, statuses, started, now)
+        statuses.update(plan.step_statuses)
+        return CommitResult(job.id, job.seq + len(plan.events), plan.job_status, statuses)
+
+    async def _write_plan(
+        self,
+        conn: AsyncConnection,
+        job: JobRecord,
+        change: ChangeSet,
+        plan: CommitPlan,
+        before: dict[str, VisitRecord],
+        statuses: dict[str, StepStatus],
+        started: frozenset[str],
+        now: float,
+    ) -> None:
+        t = self.tables
+        infos = {info.key: info for info in job.steps}
+        if change.new_items:
+            await conn.execute(
+                insert(t.items),
+                [
+                    {
+                        "id": i.id,
+                        "job_id": i.job_id,
+                        "key": i.key,
+                        "data": i.data,
+                        "created_at": i.created_at,
+                        "position": i.position,
+                        "parent_id": i.parent_id,
+                    }
+                    for i in change.new_items
+                ],
+            )
+        new_rows, changed_rows = [], []
+        for visit in plan.visits.values():
+            values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
+            values["status"] = visit.status.value
+            if visit.id in before:
+                changed_rows.append({"b_id": visit.id, **values})
+            else:
+                info = infos[visit.step]
+                new_rows.append(
+                    {
+                        **values,
+                        "id": visit.id,
+                        "job_id": visit.job_id,
+                        "item_id": visit.item_id,
+                        "step": visit.step,
+                        "concurrency": info.concurrency,
+                        "ready": info.runs_work
+                        and (job.auto_process or visit.step in plan.started),
+                    }
+                )
+        if new_rows:
+            await conn.execute(insert(t.visits), new_rows)
+        if changed_rows:
+            await conn.execute(
+                update(t.visits)
+                .where(t.visits.c.id == bindparam("b_id"))
+                .values({name: bindparam(name) for name in _VISIT_FIELDS}),
+                changed_rows,
+            )
+        newly_started = plan.started - started
+        if newly_started and not job.auto_process:
+            await conn.execute(
+                update(t.visits)
+                .where(t.visits.c.job_id == job.id, t.visits.c.step.in_(sorted(newly_started)))
+                .values(ready=True)
+            )
+        await self._add_counts(
+            conn,
+            t.counts,
+            job.id,
+            [
+                ({"step": step, "status": status.value}, delta)
+                for (step, status), delta in plan.count_deltas.items()
+                if delta
+            ],
+        )
+        await self._add_counts(
+            conn,
+            t.substep_counts,
+            job.id,
+            [
+                ({"step": step, "substep": key, "status": status.value}, delta)
+                for (step, key, status), delta in plan.substep_deltas.items()
+                if delta
+            ],
+        )
+        seq = job.seq
+        if plan.events:
+            rows = []
+            for draft in plan.events:
+                seq += 1
+                rows.append(
+                    {
+                        "job_id": job.id,
+                        "seq": seq,
+                        "type": draft.type,
+                        "at": now,
+                        "actor": change.actor,
+                        "step": draft.step,
+                        "item_id": draft.item_id,
+                        "data": draft.data,
+                    }
+                )
+            await conn.execute(insert(t.events), rows)
+        merged = {k: s.value for k, s in statuses.items()}
+        merged.update({k: s.value for k, s in plan.step_statuses.items()})
+        job_values: dict[str, Any] = {
+            "status": plan.job_status.value,
+            "seq": seq,
+            "updated_at": now,
+            "step_statuses": merged,
+            **plan.job_fields,
+        }
+        if newly_started:
+            job_values["started_steps"] = sorted(plan.started)
+        await conn.execute(update(t.jobs).where(t.jobs.c.id == job.id).values(**job_values))
+        if change.action_id is not None:
+            await conn.execute(
+                insert(t.actions).values(
+                    job_id=job.id, action_id=change.action_id, result=change.action_result, at=now
+                )
+            )
+
+    async def _add_counts(
+        self,
+        conn: AsyncConnection,
+        table: Any,
+        job_id: str,
+        deltas: list[tuple[dict[str, str], int]],
+    ) -> None:
+        if not deltas:
+            return
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+        for key, delta in sorted(deltas, key=lambda kd: sorted(kd[0].items())):
+            statement = dialect_insert(table).values(job_id=job_id, n=delta, **key)
+            statement = statement.on_conflict_do_update(
+                index_elements=[c.name for c in table.primary_key.columns],
+                set_={"n": table.c.n + statement.excluded.n},
+            )
+            await conn.execute(statement)
+
+    # -- claiming and leases ----------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
+        if limit <= 0:
+            return []
+        t = self.tables
+        v, j, c = t.visits, t.jobs, t.counts
+
+        async def op(conn: AsyncConnection) -> list[Claim]:
+            now = await self._db_now(conn)
+            running = (
+                select(func.coalesce(func.sum(c.c.n), 0))
+                .where(
+                    c.c.job_id == v.c.job_id,
+                    c.c.step == v.c.step,
+                    c.c.status == ItemStatus.PROCESSING.value,
+                )
+                .scalar_subquery()
+            )
+            due = or_(
+                v.c.status == ItemStatus.AVAILABLE.value,
+                and_(v.c.status == ItemStatus.RETRYING.value, v.c.next_attempt_at <= now),
+            )
+            ranked = (
+                select(
+                    v.c.id,
+                    v.c.position,
+                    func.row_number()
+                    .over(partition_by=(v.c.job_id, v.c.step), order_by=v.c.position)
+                    .label("rank"),
+                    (v.c.concurrency - running).label("room"),
+                )
+                .join(j, j.c.id == v.c.job_id)
+                .where(v.c.ready, due, j.c.status.in_(_ACTIVE))
+                .subquery()
+            )
+            chosen = (
+                select(ranked.c.id)
+                .where(ranked.c.rank <= ranked.c.room)
+                .order_by(ranked.c.position)
+                .limit(limit)
+            )
+            query = select(v).where(v.c.id.in_(chosen))
+            if not self.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            rows = [self._visit_from_row(r) for r in await conn.execute(query)]
+            by_job: dict[str, list[VisitRecord]] = {}
+            for visit in rows:
+                by_job.setdefault(visit.job_id, []).append(visit)
+            expires = now + lease_seconds
+            claimed: list[VisitRecord] = []
+            for job_id, visits in by_job.items():
+                change = ChangeSet(
+                    job_id,
+                    actor=owner,
+                    visits=[
+                        VisitChange(
+                            visit.id,
+                            expect=visit.status,
+                            status=ItemStatus.PROCESSING,
+                            fields={
+                                "attempts": visit.attempts + 1,
+                                "token": visit.token + 1,
+                                "lease_owner": owner,
+                                "lease_expires_at": expires,
+                                "next_attempt_at": None,
+                                "started_at": visit.started_at or now,
+                            },
+                        )
+                        for visit in visits
+                    ],
+                )
+                await self._apply(conn, change)
+                claimed.extend(visits)
+            if not claimed:
+                return []
+            return await self._claims(conn, [vis.id for vis in claimed])
+
+        return await self._write(op)
+
+    async def _claims(self, conn: AsyncConnection, visit_ids: list[str]) -> list[Claim]:
+        t = self.tables
+        visits = await self._load_visits(conn, visit_ids)
+        item_ids = {vis.item_id for vis in visits.values()}
+        job_ids = {vis.job_id for vis in visits.values()}
+        jobs = {}
+        for job_id in job_ids:
+            jobs[job_id] = (await self._load_job(conn, job_id))[0]
+        items = {
+            r.id: self._item_from_row(r)
+            for r in await conn.execute(select(t.items).where(t.items.c.id.in_(item_ids)))
+        }
+        outputs = await self._outputs(conn, item_ids)
+        return [
+            Claim(jobs[vis.job_id], items[vis.item_id], vis, outputs.get(vis.item_id, {}))
+            for vis in (visits[i] for i in visit_ids)
+        ]
+
+    async def _outputs(
+        self, conn: AsyncConnection, item_ids: Collection[str]
+    ) -> dict[str, dict[str, Any]]:
+        v = self.tables.visits
+        found: dict[str, dict[str, Any]] = {i: {} for i in item_ids}
+        if not item_ids:
+            return found
+        rows = await conn.execute(
+            select(v.c.item_id, v.c.step, v.c.output).where(
+                v.c.item_id.in_(list(item_ids)), v.c.output.is_not(None)
+            )
+        )
+        for item_id, step, output in rows:
+            if output is not None:
+                found[item_id][step] = output
+        return found
+
+    async def renew(
+        self, owner: str, held: Sequence[tuple[str, int]], lease_seconds: float
+    ) -> set[tuple[str, int]]:
+        v = self.tables.visits
+
+        async def op(conn: AsyncConnection) -> set[tuple[str, int]]:
+            expires = await self._db_now(conn) + lease_seconds
+            kept: set[tuple[str, int]] = set()
+            for visit_id, token in held:
+                result = await conn.execute(
+                    update(v)
+                    .where(
+                        v.c.id == visit_id,
+                        v.c.token == token,
+                        v.c.lease_owner == owner,
+                        v.c.status == ItemStatus.PROCESSING.value,
+                    )
+                    .values(lease_expires_at=expires)
+                )
+                if result.rowcount:
+                    kept.add((visit_id, token))
+            return kept
+
+        return await self._write(op)
+
+    async def rescue_expired(
+        self, retry_delay: Callable[[JobRecord, VisitRecord], float | None]
+    ) -> int:
+        v = self.tables.visits
+
+        async def op(conn: AsyncConnection) -> int:
+            now = await self._db_now(conn)
+            query = (
+                select(v)
+                .where(v.c.status == ItemStatus.PROCESSING.value, v.c.lease_expires_at < now)
+                .limit(500)
+            )
+            if not self.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            expired = [self._visit_from_row(r) for r in await conn.execute(query)]
+            for visit in expired:
+                job, _ = await self._load_job(conn, visit.job_id)
+                delay = retry_delay(job, visit)
+                fields: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+                if delay is None:
+                    status = ItemStatus.FAILED
+                    fields.update(
+                        error={"kind": "timeout", "message": "lease expired"}, finished_at=now
+                    )
+                else:
+                    status = ItemStatus.RETRYING
+                    fields["next_attempt_at"] = now + delay
+                await self._apply(
+                    conn,
+                    ChangeSet(
+                        visit.job_id,
+                        actor="rescuer",
+                        visits=[
+                            VisitChange(
+                                visit.id,
+                                expect=ItemStatus.PROCESSING,
+                                status=status,
+                                token=visit.token,
+                                fields=fields,
+                                reason="lease expired",
+                            )
+                        ],
+                    ),
+                )
+            return len(expired)
+
+        return await self._write(op)
+
+    async def next_due(self) -> float | None:
+        v, j = self.tables.visits, self.tables.jobs
+
+        async def op(conn: AsyncConnection) -> float | None:
+            value = (
+                await conn.execute(
+                    select(func.min(v.c.next_attempt_at))
+                    .join(j, j.c.id == v.c.job_id)
+                    .where(v.c.status == ItemStatus.RETRYING.value, j.c.status.in_(_ACTIVE))
+                )
+            ).scalar()
+            return None if value is None else float(value)
+
+        return await self._read(op)
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        async def op(conn: AsyncConnection) -> JobRecord:
+            return (await self._load_job(conn, job_id))[0]
+
+        return await self._read(op)
+
+    async def progress(self, job_id: str) -> JobProgress:
+        s = self.tables.substep_counts
+
+        async def op(conn: AsyncConnection) -> JobProgress:
+            job, row = await self._load_job(conn, job_id)
+            counts = await self._load_counts(conn, job_id)
+            subs: dict[str, dict[str, dict[SubStepStatus, int]]] = {}
+            for step, key, status, n in await conn.execute(
+                select(s.c.step, s.c.substep, s.c.status, s.c.n).where(s.c.job_id == job_id)
+            ):
+                subs.setdefault(step, {}).setdefault(key, {})[SubStepStatus(status)] = n
+            statuses = {k: StepStatus(v) for k, v in row.step_statuses.items()}
+            return JobProgress(
+                job,
+                {k: dict(c) for k, c in counts.items()},
+                subs,
+                statuses,
+                frozenset(row.started_steps),
+            )
+
+        return await self._read(op)
+
+    async def get_action(self, job_id: str, action_id: str) -> dict[str, Any] | None:
+        a = self.tables.actions
+
+        async def op(conn: AsyncConnection) -> dict[str, Any] | None:
+            row = (
+                await conn.execute(
+                    select(a.c.result).where(a.c.job_id == job_id, a.c.action_id == action_id)
+                )
+            ).first()
+            return None if row is None else (row.result or {})
+
+        return await self._read(op)
+
+    async def get_items(self, job_id: str, item_ids: Collection[str]) -> dict[str, ItemRecord]:
+        i = self.tables.items
+
+        async def op(conn: AsyncConnection) -> dict[str, ItemRecord]:
+            rows = await conn.execute(
+                select(i).where(i.c.job_id == job_id, i.c.id.in_(list(item_ids)))
+            )
+            return {r.id: self._item_from_row(r) for r in rows}
+
+        return await self._read(op)
+
+    async def get_visits(
+        self, job_id: str, step: str, item_ids: Collection[str]
+    ) -> dict[str, VisitRecord]:
+        v = self.tables.visits
+
+        async def op(conn: AsyncConnection) -> dict[str, VisitRecord]:
+            rows = await conn.execute(
+                select(v).where(
+                    v.c.job_id == job_id, v.c.step == step, v.c.item_id.in_(list(item_ids))
+                )
+            )
+            return {r.item_id: self._visit_from_row(r) for r in rows}
+
+        return await self._read(op)
+
+    async def find_visits(
+        self, job_id: str, step: str, statuses: Collection[ItemStatus], limit: int
+    ) -> list[VisitRecord]:
+        v = self.tables.visits
+
+        async def op(conn: AsyncConnection) -> list[VisitRecord]:
+            rows = await conn.execute(
+                select(v)
+                .where(
+                    v.c.job_id == job_id,
+                    v.c.step == step,
+                    v.c.status.in_([s.value for s in statuses]),
+                )
+                .order_by(v.c.position)
+                .limit(limit)
+            )
+            return [self._visit_from_row(r) for r in rows]
+
+        return await self._read(op)
+
+    async def list_visits(
+        self,
+        job_id: str,
+        step: str,
+        statuses: Collection[ItemStatus] | None,
+        after: int,
+        limit: int,
+    ) -> list[tuple[ItemRecord, VisitRecord]]:
+        v, i = self.tables.visits, self.tables.items
+
+        async def op(conn: AsyncConnection) -> list[tuple[ItemRecord, VisitRecord]]:
+            query = select(v).where(v.c.job_id == job_id, v.c.step == step, v.c.position > after)
+            if statuses is not None:
+                query = query.where(v.c.status.in_([s.value for s in statuses]))
+            visits = [
+                self._visit_from_row(r)
+                for r in await conn.execute(query.order_by(v.c.position).limit(limit))
+            ]
+            items = {
+                r.id: self._item_from_row(r)
+                for r in await conn.execute(
+                    select(i).where(i.c.id.in_([vis.item_id for vis in visits]))
+                )
+            }
+            return [(items[vis.item_id], vis) for vis in visits]
+
+        return await self._read(op)
+
+    async def item_outputs(
+        self, job_id: str, item_ids: Collection[str]
+    ) -> dict[str, dict[str, Any]]:
+        return await self._read(lambda conn: self._outputs(conn, item_ids))
+
+    async def read_events(self, job_id: str, after: int, limit: int) -> list[EventRecord]:
+        e = self.tables.events
+
+        async def op(conn: AsyncConnection) -> list[EventRecord]:
+            await self._load_job(conn, job_id)
+            rows = await conn.execute(
+                select(e)
+                .where(e.c.job_id == job_id, e.c.seq > after)
+                .order_by(e.c.seq)
+                .limit(limit)
+            )
+            return [
+                EventRecord(r.job_id, r.seq, r.type, r.at, r.actor, r.step, r.item_id, r.data)
+                for r in rows
+            ]
+
+        return await self._read(op)
+
+
+def _normalise_url(url: str) -> str:
+    """Accept a plain file path or ``sqlite:///``/``postgresql://`` and pick async drivers."""
+    if "://" not in url:
+        return f"sqlite+aiosqlite:///{url}"
+    scheme, rest = url.split("://", 1)
+    if scheme == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url

@@ -1,0 +1,176 @@
+"""The SQL schema: one SQLAlchemy ``MetaData``, the single source of truth for tables.
+
+Design decision: tables are built by a function of (prefix, schema) so a host can put
+stepflow's tables beside its own — in its own PostgreSQL schema or behind a prefix —
+and the migrations, the storage and the "migrations equal metadata" test all read the
+same objects. Identifiers are validated against a strict pattern and left to
+SQLAlchemy to quote; nothing is formatted into SQL text. Every query the storage runs
+on a hot path (claim, rescue, retry times, listing a step, counters) has an index.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from ..._errors import InvalidInput
+
+__all__ = ["IDENTIFIER_PATTERN", "Tables", "build_tables"]
+
+IDENTIFIER_PATTERN = r"^[a-z_][a-z0-9_]{0,40}$"
+_JSON = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _check(name: str, value: str, allow_empty: bool = False) -> None:
+    if allow_empty and value == "":
+        return
+    if not re.fullmatch(IDENTIFIER_PATTERN, value):
+        raise InvalidInput(
+            f"{name} {value!r} must match {IDENTIFIER_PATTERN} (lower-case letters, digits, _)"
+        )
+
+
+@dataclass(frozen=True)
+class Tables:
+    metadata: MetaData
+    jobs: Table
+    items: Table
+    visits: Table
+    counts: Table
+    substep_counts: Table
+    events: Table
+    actions: Table
+    prefix: str
+    schema: str | None
+
+
+def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables:
+    """Build stepflow's tables with a name ``prefix`` in an optional PostgreSQL ``schema``."""
+    _check("table prefix", prefix, allow_empty=True)
+    if schema is not None:
+        _check("schema", schema)
+    md = MetaData(schema=schema)
+    p = prefix
+
+    jobs = Table(
+        f"{p}jobs",
+        md,
+        Column("id", String(64), primary_key=True),
+        Column("pipeline", String(128), nullable=False),
+        Column("version", String(128), nullable=False),
+        Column("definition_hash", String(64), nullable=False),
+        Column("definition", _JSON, nullable=False),
+        Column("steps", _JSON, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("auto_process", Boolean, nullable=False),
+        Column("metadata", _JSON, nullable=False),
+        Column("idempotency_key", String(256), nullable=True, unique=True),
+        Column("created_by", String(256), nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("updated_at", Float, nullable=False),
+        Column("started_at", Float, nullable=True),
+        Column("finished_at", Float, nullable=True),
+        Column("seq", Integer, nullable=False, default=0),
+        Column("item_count", Integer, nullable=False, default=0),
+        Column("started_steps", _JSON, nullable=False),
+        Column("step_statuses", _JSON, nullable=False),
+        Index(f"{p}jobs_status", "status"),
+    )
+    items = Table(
+        f"{p}items",
+        md,
+        Column("id", String(64), primary_key=True),
+        Column("job_id", String(64), ForeignKey(jobs.c.id, ondelete="CASCADE"), nullable=False),
+        Column("key", String(256), nullable=False),
+        Column("data", _JSON, nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("position", Integer, nullable=False),
+        Column("parent_id", String(64), nullable=True),
+        Index(f"{p}items_job_position", "job_id", "position"),
+    )
+    visits = Table(
+        f"{p}visits",
+        md,
+        Column("id", String(200), primary_key=True),
+        Column("job_id", String(64), ForeignKey(jobs.c.id, ondelete="CASCADE"), nullable=False),
+        Column("item_id", String(64), nullable=False),
+        Column("step", String(128), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("ready", Boolean, nullable=False, default=False),
+        Column("concurrency", Integer, nullable=False),
+        Column("position", Integer, nullable=False),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("retry_base", Integer, nullable=False, default=0),
+        Column("token", Integer, nullable=False, default=0),
+        Column("next_attempt_at", Float, nullable=True),
+        Column("lease_owner", String(128), nullable=True),
+        Column("lease_expires_at", Float, nullable=True),
+        Column("input", _JSON, nullable=True),
+        Column("output", _JSON, nullable=True),
+        Column("error", _JSON, nullable=True),
+        Column("reason", Text, nullable=True),
+        Column("substeps", _JSON, nullable=False),
+        Column("progress", _JSON, nullable=True),
+        Column("created_at", Float, nullable=False),
+        Column("updated_at", Float, nullable=False),
+        Column("started_at", Float, nullable=True),
+        Column("finished_at", Float, nullable=True),
+        Index(f"{p}visits_step_listing", "job_id", "step", "position"),
+        Index(f"{p}visits_claim", "status", "ready", "position"),
+        Index(f"{p}visits_retry_due", "status", "next_attempt_at"),
+        Index(f"{p}visits_lease", "status", "lease_expires_at"),
+        Index(f"{p}visits_item", "item_id"),
+    )
+    counts = Table(
+        f"{p}counts",
+        md,
+        Column("job_id", String(64), ForeignKey(jobs.c.id, ondelete="CASCADE"), primary_key=True),
+        Column("step", String(128), primary_key=True),
+        Column("status", String(16), primary_key=True),
+        Column("n", Integer, nullable=False),
+    )
+    substep_counts = Table(
+        f"{p}substep_counts",
+        md,
+        Column("job_id", String(64), ForeignKey(jobs.c.id, ondelete="CASCADE"), primary_key=True),
+        Column("step", String(128), primary_key=True),
+        Column("substep", String(128), primary_key=True),
+        Column("status", String(16), primary_key=True),
+        Column("n", Integer, nullable=False),
+    )
+    events = Table(
+        f"{p}events",
+        md,
+        Column("job_id", String(64), ForeignKey(jobs.c.id, ondelete="CASCADE"), primary_key=True),
+        Column("seq", Integer, primary_key=True, autoincrement=False),
+        Column("type", String(32), nullable=False),
+        Column("at", Float, nullable=False),
+        Column("actor", String(256), nullable=False),
+        Column("step", String(128), nullable=True),
+        Column("item_id", String(64), nullable=True),
+        Column("data", _JSON, nullable=False),
+    )
+    actions = Table(
+        f"{p}actions",
+        md,
+        Column("job_id", String(64), ForeignKey(jobs.c.id, ondelete="CASCADE"), primary_key=True),
+        Column("action_id", String(256), primary_key=True),
+        Column("result", _JSON, nullable=True),
+        Column("at", Float, nullable=False),
+    )
+    return Tables(md, jobs, items, visits, counts, substep_counts, events, actions, prefix, schema)

@@ -397,7 +397,8 @@ class Engine:
         blocked_by: list[str] = []
         done_send, done_receive = anyio.create_memory_object_stream[str](math.inf)
         started: set[str] = set()
-        async with anyio.create_task_group() as tg, done_send, done_receive:
+        # The streams outlive the task group: cancelled sub-steps still report "done".
+        async with done_send, done_receive, anyio.create_task_group() as tg:
             while True:
                 if not blocked_by:
                     await self._start_ready(

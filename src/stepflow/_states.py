@@ -93,12 +93,12 @@ JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     J.IN_PROGRESS: frozenset({J.COMPLETED, J.FAILED, J.PAUSED, J.CANCELLED}),
     J.PAUSED: frozenset({J.PENDING, J.IN_PROGRESS, J.COMPLETED, J.FAILED, J.CANCELLED}),
     J.COMPLETED: frozenset({J.IN_PROGRESS}),
-    J.FAILED: frozenset({J.IN_PROGRESS}),
+    J.FAILED: frozenset({J.IN_PROGRESS, J.COMPLETED}),
     J.CANCELLED: frozenset(),
 }
 #: Job changes allowed only as the result of a person's explicit retry or pass.
 JOB_REOPEN: frozenset[tuple[JobStatus, JobStatus]] = frozenset(
-    {(J.COMPLETED, J.IN_PROGRESS), (J.FAILED, J.IN_PROGRESS)}
+    {(J.COMPLETED, J.IN_PROGRESS), (J.FAILED, J.IN_PROGRESS), (J.FAILED, J.COMPLETED)}
 )
 JOB_TERMINAL: frozenset[JobStatus] = frozenset({J.COMPLETED, J.FAILED, J.CANCELLED})
 

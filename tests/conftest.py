@@ -31,6 +31,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+#: Where the PostgreSQL tests look when STEPFLOW_TEST_POSTGRES_URL is not set.
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
 def _postgres_reachable(url: str) -> bool:
     import socket
     from urllib.parse import urlsplit
@@ -47,17 +51,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """In CI (STEPFLOW_REQUIRE_POSTGRES=1) an unreachable PostgreSQL fails the run."""
     if os.environ.get("STEPFLOW_REQUIRE_POSTGRES") != "1":
         return
-    url = os.environ.get("STEPFLOW_TEST_POSTGRES_URL", "")
-    if not url or not _postgres_reachable(url):
+    url = os.environ.get("STEPFLOW_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    if not _postgres_reachable(url):
         pytest.exit(f"PostgreSQL is required here but unreachable at {url!r}", returncode=3)
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The test PostgreSQL URL; tests using it skip (with the reason) when it is absent."""
-    url = os.environ.get("STEPFLOW_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("PostgreSQL tests need STEPFLOW_TEST_POSTGRES_URL (set by .ci/run)")
+    url = os.environ.get("STEPFLOW_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
     if not _postgres_reachable(url):
-        pytest.skip(f"PostgreSQL unreachable at {url}")
+        pytest.skip(
+            f"PostgreSQL unreachable at {url} (set STEPFLOW_TEST_POSTGRES_URL to point at one)"
+        )
     return url

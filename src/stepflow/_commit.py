@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ._errors import Conflict, LeaseLost, NotFound, StaleWrite
-from ._records import ChangeSet, EventDraft, JobRecord, VisitRecord
+from ._records import ChangeSet, EventDraft, JobRecord, VisitChange, VisitRecord
 from ._states import (
     ITEM_OPEN,
     JOB_TERMINAL,
@@ -29,7 +29,13 @@ from ._states import (
     derive_step_status,
 )
 
-__all__ = ["CommitPlan", "initial_step_statuses", "plan_commit", "step_statuses"]
+__all__ = [
+    "CommitPlan",
+    "initial_step_statuses",
+    "plan_commit",
+    "release_change",
+    "step_statuses",
+]
 
 StepCounts = Mapping[str, Mapping[ItemStatus, int]]
 
@@ -46,6 +52,18 @@ class CommitPlan:
     step_statuses: dict[str, StepStatus] = field(default_factory=dict)  #: changed only
     started: frozenset[str] = frozenset()
     events: list[EventDraft] = field(default_factory=list)
+
+
+def release_change(visit: VisitRecord) -> VisitChange:
+    """The change that hands an unfinished, held visit back for another worker."""
+    return VisitChange(
+        visit.id,
+        expect=ItemStatus.PROCESSING,
+        status=ItemStatus.AVAILABLE,
+        token=visit.token,
+        fields={"lease_owner": None, "lease_expires_at": None},
+        reason="released at shutdown",
+    )
 
 
 def initial_step_statuses(job: JobRecord) -> dict[str, StepStatus]:

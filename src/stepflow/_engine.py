@@ -94,7 +94,7 @@ class Engine:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: dispatcher, workers, heartbeat, rescuer, progress."""
-        await self.storage.rescue_expired(self._rescue_delay)
+        await self.storage.rescue_expired(self._rescue_delay)  # startup recovery
         send, receive = anyio.create_memory_object_stream[Claim](0)
         async with anyio.create_task_group() as tg, send, receive:
             for _ in range(self.max_concurrency):
@@ -108,10 +108,17 @@ class Engine:
         while True:
             free = self.max_concurrency - self._busy
             claims = await self.storage.claim(self.owner, free, self.lease_seconds) if free else []
-            for claim in claims:
+            for index, claim in enumerate(claims):
+                try:
+                    await send.send(claim)
+                except anyio.get_cancelled_exc_class():
+                    # Stopping with claims nobody runs: hand them back now.
+                    unsent = [(c.visit.id, c.visit.token) for c in claims[index:]]
+                    with anyio.CancelScope(shield=True):
+                        await self.storage.release(self.owner, unsent)
+                    raise
                 self._busy += 1
                 self._publish(claim.job.id, claim.job.seq)
-                await send.send(claim)
             if claims:
                 continue
             due = await self.storage.next_due()
@@ -140,7 +147,8 @@ class Engine:
                 kept = await self.storage.renew(self.owner, held, self.lease_seconds)
                 for lost in set(held) - kept:
                     self._cancel(lost)
-            await self.storage.rescue_expired(self._rescue_delay)
+            if await self.storage.rescue_expired(self._rescue_delay):
+                self.broker.publish_work()
 
     async def _flush_progress(self) -> None:
         while True:
@@ -209,6 +217,11 @@ class Engine:
                     change = await self._run_handler(running, pipeline, step)
         except _Abandoned:
             change = None
+        except anyio.get_cancelled_exc_class():
+            # Shutting down: hand the visit back at once instead of leaving it to expire.
+            with anyio.CancelScope(shield=True):
+                await self.storage.release(self.owner, [key])
+            raise
         finally:
             del self.running[key]
         if change is None or running.scope.cancel_called:

@@ -92,7 +92,7 @@ class Orchestrator:
         classifier: ErrorClassifier | None = None,
         max_concurrency: int = 64,
         lease_seconds: float = 30.0,
-        poll_interval: float | None = None,
+        poll_interval: float | Literal["auto"] | None = "auto",
         run_workers: bool = True,
     ) -> None:
         if max_concurrency < 1:
@@ -110,6 +110,9 @@ class Orchestrator:
         self._by_hash: dict[str, Pipeline] = {}
         self._stack: AsyncExitStack | None = None
         self.clock.on_advance(self.broker.publish_work)
+        if poll_interval == "auto":
+            # Other processes can change a shared database: look every second as well.
+            poll_interval = None if isinstance(self.storage, MemoryStorage) else 1.0
         self.engine = Engine(
             storage=self.storage,
             handlers=self.handlers,

@@ -7,11 +7,19 @@ workflow the library was made for, not a toy.
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
 import anyio
 import typer
 from rich.console import Console
 
 __all__ = ["app", "main"]
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="stepflow",
@@ -42,24 +50,72 @@ def demo(
     interactive: bool = typer.Option(
         False, "--interactive", help="Answer the person steps yourself at prompts."
     ),
+    database_url: str = typer.Option(
+        "stepflow-demo.db",
+        help="SQLite file (the default, in this directory) or a postgresql:// URL.",
+    ),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start a new run instead of resuming the stored one."
+    ),
 ) -> None:
-    """Run the restaurant registration pipeline end to end with fake services."""
+    """Run the restaurant registration pipeline end to end with fake services.
+
+    The run is stored in the database: interrupt it (Ctrl-C, or kill -9) and run the
+    same command again to resume where it stopped.
+    """
     from stepflow_registration.demo import run_demo
 
     console = Console()
-    summary = anyio.run(
-        lambda: run_demo(
-            restaurants=restaurants,
-            seed=seed,
-            failure_rate=failure_rate,
-            latency=latency,
-            time_scale=time_scale,
-            interactive=interactive,
-            console=console,
-        )
+    if fresh:
+        _forget_demo(database_url, console)
+    demo_run = partial(
+        run_demo,
+        restaurants=restaurants,
+        seed=seed,
+        failure_rate=failure_rate,
+        latency=latency,
+        time_scale=time_scale,
+        interactive=interactive,
+        console=console,
+        database_url=database_url,
     )
+    summary = anyio.run(_until_signalled, demo_run)
+    if summary is None:
+        console.print("interrupted: work in flight was handed back; run again to resume")
+        raise typer.Exit(130)
     settled = summary.completed + summary.failed == summary.restaurants
     raise typer.Exit(0 if settled else 1)
+
+
+async def _until_signalled(run: Callable[[], Awaitable[T]]) -> T | None:
+    """Run ``run`` until it ends or SIGINT/SIGTERM arrives; then stop it cleanly.
+
+    Stopping goes through anyio cancellation, so running handlers are cancelled and the
+    items they held are handed back to the database before the process exits.
+    """
+    result: list[T] = []
+
+    async def main(scope: anyio.CancelScope) -> None:
+        result.append(await run())
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(main, tg.cancel_scope)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+                break
+    return result[0] if result else None
+
+
+def _forget_demo(database_url: str, console: Console) -> None:
+    """Delete the demo's SQLite file (and its WAL files); refuse for server databases."""
+    if "://" in database_url and not database_url.startswith("sqlite"):
+        console.print("--fresh deletes a SQLite file only; drop the demo tables yourself")
+        raise typer.Exit(2)
+    path = Path(database_url.split(":///", 1)[-1])
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -170,6 +170,15 @@ class Storage(ABC):
         """
 
     @abstractmethod
+    async def release(self, owner: str, held: Sequence[tuple[str, int]]) -> int:
+        """Hand back ``(visit_id, token)`` pairs ``owner`` still holds, unfinished.
+
+        Each goes back to ``available`` (its attempt stays counted) with reason
+        ``released at shutdown``, so another worker can take it at once. Returns how
+        many were released.
+        """
+
+    @abstractmethod
     async def rescue_expired(
         self, retry_delay: Callable[[JobRecord, VisitRecord], float | None]
     ) -> int:

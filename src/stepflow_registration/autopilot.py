@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from stepflow import Item, JobStatus, Orchestrator, Snapshot, StepStatus
+from stepflow import Conflict, Item, JobStatus, Orchestrator, Snapshot, StepStatus
 
 __all__ = [
     "Decisions",
@@ -224,7 +224,11 @@ class SimulatedOperator:
         chosen = {item_id: p for item_id, p in payloads.items() if p is not None}
         if not chosen:
             return 0
-        await self.orch.submit(self.job_id, step, chosen, defaults=defaults, actor="operator")
+        try:
+            await self.orch.submit(self.job_id, step, chosen, defaults=defaults, actor="operator")
+        except Conflict as exc:  # the screen was stale: look again
+            self.on_action(f"not submitted at {step}, it changed meanwhile: {exc}")
+            return 0
         self.on_action(f"submitted {what} for {len(chosen)} restaurant(s) at {step}")
         return 1
 
@@ -235,6 +239,10 @@ class SimulatedOperator:
         if not chosen:
             return 0
         self.retried.update((item_id, step) for item_id in chosen)
-        await self.orch.retry_items(self.job_id, step, chosen, actor="operator")
+        try:
+            await self.orch.retry_items(self.job_id, step, chosen, actor="operator")
+        except Conflict as exc:  # the screen was stale: look again
+            self.on_action(f"not retried at {step}, it changed meanwhile: {exc}")
+            return 0
         self.on_action(f"retried {len(chosen)} failed restaurant(s) at {step}")
         return 1

@@ -64,6 +64,8 @@ async def run_demo(
     time_scale: float = 0.005,
     interactive: bool = False,
     console: Console | None = None,
+    database_url: str | None = None,
+    lease_seconds: float = 5.0,
 ) -> DemoSummary:
     """Run the registration over ``restaurants`` fake restaurants and summarise it.
 
@@ -71,7 +73,14 @@ async def run_demo(
     few permanent errors); ``latency`` the mean fake call time in seconds;
     ``time_scale`` multiplies every timeout, retry wait and rate-limit window of the
     pipeline (0.005 turns the one-account-a-minute limit into one per 0.3 s).
+    ``database_url`` (a SQLite file path or a database URL) makes the run durable: run
+    again after an interruption and it resumes the stored job. ``lease_seconds`` is how
+    soon work held by a killed run is taken back.
     """
+    if storage is None and database_url is not None:
+        from stepflow.storage.sql import SQLStorage
+
+        storage = SQLStorage(database_url)
     console = console or Console()
     pipeline = load_pipeline(time_scale=time_scale)
     fakes = FakeServices(
@@ -80,7 +89,9 @@ async def run_demo(
         failures=FailureRates.realistic(failure_rate),
         retry_after=30 * time_scale,
     )
-    async with Orchestrator(storage, handlers=bind(fakes), pipelines=[pipeline]) as orch:
+    async with Orchestrator(
+        storage, handlers=bind(fakes), pipelines=[pipeline], lease_seconds=lease_seconds
+    ) as orch:
         started = orch.clock.now()
         job = await orch.create_job(
             pipeline,

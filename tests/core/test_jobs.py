@@ -210,3 +210,37 @@ async def test_auto_process_off_waits_for_process_step() -> None:
         await orch.process_step(job.id, "c")
         snap = await orch.wait(job.id, timeout=5)
     assert snap.job.status is JobStatus.COMPLETED
+
+
+async def test_stopping_hands_running_work_back_and_a_restart_finishes_it() -> None:
+    """On shutdown held items go back to available; a new orchestrator on the storage ends them."""
+    from stepflow import Orchestrator
+
+    from . import kit
+
+    started = anyio.Event()
+    release = {"block": True}
+
+    async def maybe_block(ctx: Any) -> str:
+        if release["block"]:
+            started.set()
+            await anyio.sleep_forever()
+        return "done"
+
+    p = pipeline(auto("a", "maybe_block"), auto("b", "ok"))
+    registry = handlers(maybe_block=maybe_block, ok=ok)
+    storage = kit.STORAGE["factory"](None)
+    async with Orchestrator(storage, handlers=registry, pipelines=[p]) as orch:
+        job = await orch.create_job("p", items(2))
+        await started.wait()
+    async with Orchestrator(storage, handlers=registry, pipelines=[p], run_workers=False) as orch:
+        page = await orch.list_items(job.id, "a")
+        assert {i.status for i in page.items} == {ItemStatus.AVAILABLE}
+        events = await orch.events(job.id)
+        released = {e.item_id for e in events if e.data.get("reason") == "released at shutdown"}
+        assert released == {i.id for i in page.items}
+    release["block"] = False
+    async with Orchestrator(storage, handlers=registry, pipelines=[p]) as orch:
+        snap = await orch.wait(job.id, timeout=10)
+    assert snap.job.status is JobStatus.COMPLETED
+    assert snap.steps[1].counts == {ItemStatus.PASSED: 2}

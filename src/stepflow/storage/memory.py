@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from .._clock import SystemClock
-from .._commit import initial_step_statuses, plan_commit
+from .._commit import initial_step_statuses, plan_commit, release_change
 from .._errors import DuplicateAction, InvalidInput, NotFound
 from .._records import (
     ChangeSet,
@@ -243,6 +243,18 @@ class MemoryStorage(Storage):
                 self._visits[visit_id] = dataclasses.replace(visit, lease_expires_at=expires)
                 kept.add((visit_id, token))
         return kept
+
+    async def release(self, owner: str, held: Sequence[tuple[str, int]]) -> int:
+        released = 0
+        for visit_id, token in held:
+            visit = self._visits.get(visit_id)
+            if visit is None or visit.token != token or visit.lease_owner != owner:
+                continue
+            if visit.status is not ItemStatus.PROCESSING:
+                continue
+            self._apply(ChangeSet(visit.job_id, actor=owner, visits=[release_change(visit)]))
+            released += 1
+        return released
 
     async def rescue_expired(
         self, retry_delay: Callable[[JobRecord, VisitRecord], float | None]

@@ -504,7 +504,11 @@ class PipelineMachine(RuleBasedStateMachine):
         job, step = self._job(data), self._step(data)
         if data.draw(st.integers(0, 4)) == 0:
             ids: list[str] | None = None
-            expected: Expected = None
+            # Without ids, the processed items go (and available ones at a step with no
+            # work); with none of those there is nothing to pass.
+            ready = {I.PROCESSED} if step.runs_work else {I.PROCESSED, I.AVAILABLE}
+            waiting = [i for i, s in job.items.get(step.key, {}).items() if s.status in ready]
+            expected: Expected = None if waiting else Conflict
         else:
             ids = self._ids(data, job, step.key, _PASSABLE)
             expected = self._item_error(job, step.key, ids, _PASSABLE)

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from ..._commit import CommitPlan, initial_step_statuses, plan_commit
+from ..._commit import CommitPlan, initial_step_statuses, plan_commit, release_change
 from ..._errors import DuplicateAction, InvalidInput, NotFound
 from ..._records import (
     ChangeSet,
@@ -657,6 +657,25 @@ class SQLStorage(Storage):
                 if result.rowcount:
                     kept.add((visit_id, token))
             return kept
+
+        return await self._write(op)
+
+    async def release(self, owner: str, held: Sequence[tuple[str, int]]) -> int:
+        async def op(conn: AsyncConnection) -> int:
+            visits = await self._load_visits(conn, [visit_id for visit_id, _ in held], lock=True)
+            tokens = dict(held)
+            released = 0
+            for visit in visits.values():
+                if (
+                    visit.status is ItemStatus.PROCESSING
+                    and visit.lease_owner == owner
+                    and visit.token == tokens[visit.id]
+                ):
+                    await self._apply(
+                        conn, ChangeSet(visit.job_id, actor=owner, visits=[release_change(visit)])
+                    )
+                    released += 1
+            return released
 
         return await self._write(op)
 

@@ -528,11 +528,11 @@ class Engine:
                     delay = retry_delay(policy, failure, attempt - int(state.get("base") or 0))
                     state["error"] = failure.as_error(attempt)
                     if delay is None:
+                        if sub.blocking:  # before the write yields: nothing new may start
+                            blocked_by.append(sub.key)
                         await self._finish_substep(
                             claim, states, sub.key, U.FAILED, reason=failure.kind.value
                         )
-                        if sub.blocking:
-                            blocked_by.append(sub.key)
                         return
                     state.update(
                         status=U.RETRYING.value,

@@ -17,6 +17,8 @@ import anyio
 import typer
 from rich.console import Console
 
+from ._cli_db import db_app
+
 __all__ = ["app", "main"]
 
 T = TypeVar("T")
@@ -27,6 +29,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+app.add_typer(db_app, name="db")
 
 
 @app.callback()

@@ -398,3 +398,25 @@ async def test_error_details_are_kept_with_the_error() -> None:
         [item] = (await orch.list_items(job.id, "a")).items
     assert item.error is not None
     assert item.error["details"] == {"status": 422, "field": "gst"}
+
+
+async def test_progress_reports_reach_the_item_and_the_event_feed() -> None:
+    """report_progress is written to the item and as an item.progress event while it runs."""
+    gate = anyio.Event()
+
+    async def long(ctx: Any) -> None:
+        ctx.report_progress(3, 10, "pages scanned")
+        await gate.wait()
+
+    p = pipeline(auto("a", "long"))
+    async with running(p, registry=handlers(long=long)) as orch:
+        job = await orch.create_job("p", items(1))
+        with anyio.fail_after(5):
+            async for event in orch.watch(job.id):
+                if event.type == "item.progress":
+                    break
+        [item] = (await orch.list_items(job.id, "a")).items
+        gate.set()
+        await orch.wait(job.id, timeout=5)
+    assert event.data == {"done": 3, "total": 10, "message": "pages scanned"}
+    assert item.progress == {"done": 3, "total": 10, "message": "pages scanned"}

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 from sqlalchemy import and_, bindparam, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -83,8 +84,9 @@ class SQLStorage(Storage):
     """Durable storage in SQLite (``sqlite+aiosqlite:///path``) or PostgreSQL
     (``postgresql+psycopg://...``).
 
-    ``prefix`` and ``schema`` place the tables; ``create_tables`` makes a fresh
-    database ready on :meth:`start` (migrations are the way for shared databases).
+    ``prefix`` and ``schema`` place the tables; with ``create_tables`` (the default)
+    :meth:`start` applies the shipped migrations, else it only checks the schema (for
+    hosts that migrate as a deploy step with ``stepflow db upgrade``).
     ``clock`` replaces the database clock (tests only).
     """
 
@@ -120,11 +122,25 @@ class SQLStorage(Storage):
         return self._engine
 
     async def start(self) -> None:
+        """Connect; migrate to this version's schema (``create_tables``) or check it.
+
+        Refuses (``SchemaTooNew``) a database migrated by a newer stepflow.
+        """
+        from .migrate import check_schema_async, upgrade
+
         if self._engine is None:
             self._engine = self._make_engine()
         if self.create_tables:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(self.tables.metadata.create_all)
+            prefix, schema = self.tables.prefix, self.tables.schema
+            await anyio.to_thread.run_sync(lambda: upgrade(self.url, prefix=prefix, schema=schema))
+        async with self.engine.connect() as conn:
+            revision = await check_schema_async(
+                conn, prefix=self.tables.prefix, schema=self.tables.schema
+            )
+        if revision is None:
+            raise InvalidInput(
+                f"no stepflow tables in {redact_url(self.url)}: run `stepflow db upgrade`"
+            )
 
     def _make_engine(self) -> AsyncEngine:
         if not self.is_sqlite:

@@ -1,4 +1,4 @@
-"""Item-step transitions per second on the in-memory storage.
+"""Item-step transitions per second, on the in-memory, SQLite or PostgreSQL storage.
 
 An item-step transition is one item finishing one step (processed and passed on). Two
 shapes, each timed from job creation until every job is final:
@@ -6,20 +6,26 @@ shapes, each timed from job creation until every job is final:
 * batch:    1 job  x 10,000 items x 6 automatic no-op steps (60,000 transitions)
 * workflow: 1,000 jobs x 1 item  x 6 automatic no-op steps  (6,000 transitions)
 
-Run: ``.venv/bin/python benchmarks/bench_memory.py [--repeat 3] [--items N] [--jobs N]``.
-Prints the median and min-max of the repetitions. This is a benchmark, not a test.
+Run: ``.venv/bin/python benchmarks/bench_transitions.py [--backend memory|sqlite|postgres]
+[--repeat 3] [--items N] [--jobs N]``. SQLite runs on a fresh file (WAL, synchronous=FULL);
+PostgreSQL in a fresh schema of ``--postgres-url``. Prints the median and min-max of the
+repetitions, with one process and its in-process workers. This is a benchmark, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from stepflow import Handlers, JobStatus, Orchestrator, Pipeline
+from stepflow.ports import Storage
 
 STEPS = 6
 
@@ -37,11 +43,27 @@ async def noop(ctx: Any) -> None:
     return None
 
 
-async def run(jobs: int, items_per_job: int) -> float:
+def make_storage(backend: str, postgres_url: str) -> Storage | None:
+    if backend == "memory":
+        return None
+    from stepflow.storage.sql import SQLStorage
+
+    if backend == "sqlite":
+        folder = Path(tempfile.mkdtemp(prefix="stepflow-bench-"))
+        return SQLStorage(str(folder / "bench.db"))
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return SQLStorage(postgres_url, schema=schema)
+
+
+async def run(jobs: int, items_per_job: int, storage: Storage | None = None) -> float:
     handlers = Handlers()
     handlers.add("noop", noop)
     async with Orchestrator(
-        handlers=handlers, pipelines=[noop_pipeline()], max_concurrency=64
+        storage, handlers=handlers, pipelines=[noop_pipeline()], max_concurrency=64
     ) as orch:
         started = time.perf_counter()
         ids = []
@@ -69,11 +91,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--jobs", type=int, default=1_000)
+    parser.add_argument("--backend", choices=["memory", "sqlite", "postgres"], default="memory")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
-    batch = [anyio.run(run, 1, args.items) for _ in range(args.repeat)]
-    report(f"memory batch: 1 job x {args.items:,} items x {STEPS} steps", batch)
-    flow = [anyio.run(run, args.jobs, 1) for _ in range(args.repeat)]
-    report(f"memory workflow: {args.jobs:,} jobs x 1 item x {STEPS} steps", flow)
+    name = args.backend
+
+    def once(jobs: int, items: int) -> float:
+        return anyio.run(run, jobs, items, make_storage(name, args.postgres_url))
+
+    batch = [once(1, args.items) for _ in range(args.repeat)]
+    report(f"{name} batch: 1 job x {args.items:,} items x {STEPS} steps", batch)
+    flow = [once(args.jobs, 1) for _ in range(args.repeat)]
+    report(f"{name} workflow: {args.jobs:,} jobs x 1 item x {STEPS} steps", flow)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ import pytest
 from rich.console import Console
 
 from stepflow import ActionRejected, ItemStatus
-from stepflow.testing import FakeClock, MemoryStorage
 from stepflow_registration import FailureRates, FakeServices, Restaurant, ServiceError, run_demo
 
-from .conftest import Answers, by_key, drive, drive_on_clock, running, start
+from .conftest import Answers, batch, by_key, drive, drive_on_clock, new_storage, running, start
+from .watched import SteppingClock
 
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.usefixtures("backend")
 async def test_bulk_selection_rejects_a_non_candidate_and_writes_nothing() -> None:
     """One bad choice in a bulk selection rejects the whole action; nothing changes."""
     fakes = FakeServices()
@@ -44,9 +45,10 @@ async def test_bulk_selection_rejects_a_non_candidate_and_writes_nothing() -> No
     assert {i.status for i in waiting.values()} == {ItemStatus.AWAITING_INPUT}
 
 
+@pytest.mark.usefixtures("backend")
 async def test_account_rate_limit_holds_across_concurrent_restaurants() -> None:
     """Account creations for concurrent restaurants start at least 60 s apart (fake clock)."""
-    clock = FakeClock()
+    clock = SteppingClock()
     fakes = FakeServices(latency=0, clock=clock)
     fakes.script("register_account", "r002", "unavailable")  # its retry queues too
     async with running(fakes, clock=clock, scale=1.0) as (orch, pipeline):
@@ -61,9 +63,10 @@ async def test_account_rate_limit_holds_across_concurrent_restaurants() -> None:
     assert snapshot.totals["finished"] == 4
 
 
+@pytest.mark.usefixtures("backend")
 async def test_independent_substeps_run_in_parallel_and_waits_follow_the_policy() -> None:
     """Phase-1 and post-registration sub-steps overlap; a retry waits 2 s then 4 s (fake clock)."""
-    clock = FakeClock()
+    clock = SteppingClock()
     fakes = FakeServices(latency=10, clock=clock)
     fakes.script("import_menu", "r001", "unavailable", "unavailable")
     async with running(fakes, clock=clock, scale=1.0) as (orch, pipeline):
@@ -103,18 +106,21 @@ async def test_fakes_are_deterministic_for_a_seed() -> None:
     assert len(set(first.values())) > 1
 
 
-async def test_demo_runs_plain_and_resumes_its_job() -> None:
+async def test_demo_runs_plain_and_resumes_its_job(backend: str) -> None:
     """The demo settles every restaurant, prints plain lines off a terminal, and resumes."""
-    storage = MemoryStorage()
+    count = batch(backend, memory=6, sql=3)
+    storage = new_storage()
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=200)
     summary = await run_demo(
-        storage=storage, restaurants=6, time_scale=0.001, latency=0.001, console=console
+        storage=storage, restaurants=count, time_scale=0.001, latency=0.001, console=console
     )
-    assert summary.completed + summary.failed == 6
+    assert summary.completed + summary.failed == count
     assert not summary.resumed
     assert "summary" in out.getvalue() and "in_progress" in out.getvalue()
-    again = await run_demo(storage=storage, restaurants=6, time_scale=0.001, console=console)
+    # A memory storage lives in this process only; a SQL one is opened afresh.
+    second = storage if backend == "memory" else new_storage()
+    again = await run_demo(storage=second, restaurants=count, time_scale=0.001, console=console)
     assert again.resumed and again.job_id == summary.job_id
 
 

@@ -1,4 +1,4 @@
-"""Whole-pipeline runs on memory storage with the fake services."""
+"""Whole-pipeline runs on every storage backend with the fake services."""
 
 from __future__ import annotations
 
@@ -7,21 +7,22 @@ import pytest
 from stepflow import ItemStatus
 from stepflow_registration import SUBSTEP_METHODS, FailureRates, FakeServices
 
-from .conftest import Answers, by_key, drive, running, start
+from .conftest import Answers, batch, by_key, drive, running, start
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("backend")]
 METHOD_OF = SUBSTEP_METHODS
 
 
-async def test_every_restaurant_settles_under_injected_failures() -> None:
+async def test_every_restaurant_settles_under_injected_failures(backend: str) -> None:
     """With realistic failures and one operator retry, every restaurant ends in a final state."""
+    count = batch(backend, memory=12, sql=6)  # 6 still meets a permanent failure (seed 3)
     fakes = FakeServices(seed=3, latency=0.001, failures=FailureRates.realistic(0.1))
     async with running(fakes) as (orch, pipeline):
-        job_id = await start(orch, pipeline, 12)
+        job_id = await start(orch, pipeline, count)
         snapshot = await drive(orch, job_id, Answers(), retry=True)
     assert snapshot.job.status.value in ("completed", "failed")
     assert snapshot.totals["open"] == 0
-    assert snapshot.totals["finished"] + snapshot.totals["failed"] == 12
+    assert snapshot.totals["finished"] + snapshot.totals["failed"] == count
     assert sum(fakes.injected.values()) > 0
 
 
@@ -41,11 +42,11 @@ async def test_no_candidates_waits_for_a_person_then_searches_again() -> None:
     assert snapshot.totals["finished"] == 2
 
 
-async def test_candidates_are_merged_by_company_number() -> None:
+async def test_candidates_are_merged_by_company_number(backend: str) -> None:
     """Name and address searches are merged, de-duplicated and filtered to registered ones."""
     fakes = FakeServices(seed=5)
     async with running(fakes) as (orch, pipeline):
-        job_id = await start(orch, pipeline, 6)
+        job_id = await start(orch, pipeline, batch(backend, memory=6, sql=3))
         await drive(orch, job_id)
         found = await by_key(orch, job_id, "contact_search")
     for item in found.values():
@@ -88,14 +89,15 @@ async def test_no_match_skips_company_details() -> None:
     assert snapshot.totals["finished"] == 2
 
 
-async def test_substep_order_respects_dependencies() -> None:
+async def test_substep_order_respects_dependencies(backend: str) -> None:
     """No sub-step call starts before every call of its dependencies has ended."""
+    count = batch(backend, memory=3, sql=2)
     fakes = FakeServices(latency=0.002)
     async with running(fakes) as (orch, pipeline):
-        job_id = await start(orch, pipeline, 3)
+        job_id = await start(orch, pipeline, count)
         await drive(orch, job_id)
     step = pipeline.step("account_setup")
-    for restaurant in ("r001", "r002", "r003"):
+    for restaurant in (f"r{n:03d}" for n in range(1, count + 1)):
         for sub in step.substeps:
             (call,) = fakes.calls_of(METHOD_OF[sub.key], restaurant)
             for dep in sub.depends_on:

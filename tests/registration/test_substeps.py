@@ -11,7 +11,7 @@ from stepflow_registration import SUBSTEP_METHODS, FakeServices
 
 from .conftest import Answers, by_key, drive, running, start
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("backend")]
 CFG = "outputs.account_setup_configuration"
 NOT_MET = "condition not met: "
 

@@ -63,7 +63,7 @@ async def run(jobs: int, items_per_job: int, storage: Storage | None = None) -> 
     handlers = Handlers()
     handlers.add("noop", noop)
     async with Orchestrator(
-        storage, handlers=handlers, pipelines=[noop_pipeline()], max_concurrency=64
+        storage, handlers=handlers, pipelines=[noop_pipeline()], max_concurrency=int(__import__("os").environ.get("BENCH_WORKERS", "64"))
     ) as orch:
         started = time.perf_counter()
         ids = []

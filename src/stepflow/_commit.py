@@ -31,9 +31,11 @@ from ._states import (
 
 __all__ = [
     "CommitPlan",
+    "claim_change",
     "initial_step_statuses",
     "plan_commit",
     "release_change",
+    "rescue_change",
     "step_statuses",
 ]
 
@@ -52,6 +54,43 @@ class CommitPlan:
     step_statuses: dict[str, StepStatus] = field(default_factory=dict)  #: changed only
     started: frozenset[str] = frozenset()
     events: list[EventDraft] = field(default_factory=list)
+
+
+def claim_change(visit: VisitRecord, owner: str, expires: float, now: float) -> VisitChange:
+    """The change that claims a due visit for ``owner`` until ``expires``."""
+    return VisitChange(
+        visit.id,
+        expect=visit.status,
+        status=ItemStatus.PROCESSING,
+        fields={
+            "attempts": visit.attempts + 1,
+            "token": visit.token + 1,
+            "lease_owner": owner,
+            "lease_expires_at": expires,
+            "next_attempt_at": None,
+            "started_at": visit.started_at or now,
+        },
+    )
+
+
+def rescue_change(visit: VisitRecord, delay: float | None, now: float) -> VisitChange:
+    """The change that takes back a visit whose lease expired: retry after ``delay``, or
+    fail when the policy is spent (``delay`` is ``None``)."""
+    fields: dict[str, object] = {"lease_owner": None, "lease_expires_at": None}
+    if delay is None:
+        status = ItemStatus.FAILED
+        fields.update(error={"kind": "timeout", "message": "lease expired"}, finished_at=now)
+    else:
+        status = ItemStatus.RETRYING
+        fields["next_attempt_at"] = now + delay
+    return VisitChange(
+        visit.id,
+        expect=ItemStatus.PROCESSING,
+        status=status,
+        token=visit.token,
+        fields=fields,
+        reason="lease expired",
+    )
 
 
 def release_change(visit: VisitRecord) -> VisitChange:

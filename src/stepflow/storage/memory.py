@@ -17,7 +17,13 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from .._clock import SystemClock
-from .._commit import initial_step_statuses, plan_commit, release_change
+from .._commit import (
+    claim_change,
+    initial_step_statuses,
+    plan_commit,
+    release_change,
+    rescue_change,
+)
 from .._errors import DuplicateAction, InvalidInput, NotFound
 from .._records import (
     ChangeSet,
@@ -26,7 +32,6 @@ from .._records import (
     EventRecord,
     ItemRecord,
     JobRecord,
-    VisitChange,
     VisitRecord,
 )
 from .._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
@@ -201,23 +206,9 @@ class MemoryStorage(Storage):
         claims: list[Claim] = []
         expires = now + lease_seconds
         for job_id, visits in picked.items():
-            change = ChangeSet(job_id, actor=owner)
-            for visit in visits:
-                change.visits.append(
-                    VisitChange(
-                        visit.id,
-                        expect=visit.status,
-                        status=ItemStatus.PROCESSING,
-                        fields={
-                            "attempts": visit.attempts + 1,
-                            "token": visit.token + 1,
-                            "lease_owner": owner,
-                            "lease_expires_at": expires,
-                            "next_attempt_at": None,
-                            "started_at": visit.started_at or now,
-                        },
-                    )
-                )
+            change = ChangeSet(
+                job_id, actor=owner, visits=[claim_change(v, owner, expires, now) for v in visits]
+            )
             self._apply(change)
             job = self._jobs[job_id]
             items = self._items[job_id]
@@ -267,25 +258,8 @@ class MemoryStorage(Storage):
         ]
         for visit in expired:
             delay = retry_delay(self._jobs[visit.job_id], visit)
-            fields: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
-            if delay is None:
-                status = ItemStatus.FAILED
-                fields["error"] = {"kind": "timeout", "message": "lease expired"}
-                fields["finished_at"] = now
-            else:
-                status = ItemStatus.RETRYING
-                fields["next_attempt_at"] = now + delay
             change = ChangeSet(visit.job_id, actor="rescuer")
-            change.visits.append(
-                VisitChange(
-                    visit.id,
-                    expect=ItemStatus.PROCESSING,
-                    status=status,
-                    token=visit.token,
-                    fields=fields,
-                    reason="lease expired",
-                )
-            )
+            change.visits.append(rescue_change(visit, delay, now))
             self._apply(change)
         return len(expired)
 

@@ -27,7 +27,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from ..._commit import CommitPlan, initial_step_statuses, plan_commit, release_change
+from ..._commit import (
+    CommitPlan,
+    claim_change,
+    initial_step_statuses,
+    plan_commit,
+    release_change,
+    rescue_change,
+)
 from ..._errors import DuplicateAction, InvalidInput, NotFound
 from ..._records import (
     ChangeSet,
@@ -37,7 +44,6 @@ from ..._records import (
     ItemRecord,
     JobRecord,
     StepInfo,
-    VisitChange,
     VisitRecord,
 )
 from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
@@ -591,22 +597,7 @@ class SQLStorage(Storage):
                 change = ChangeSet(
                     job_id,
                     actor=owner,
-                    visits=[
-                        VisitChange(
-                            visit.id,
-                            expect=visit.status,
-                            status=ItemStatus.PROCESSING,
-                            fields={
-                                "attempts": visit.attempts + 1,
-                                "token": visit.token + 1,
-                                "lease_owner": owner,
-                                "lease_expires_at": expires,
-                                "next_attempt_at": None,
-                                "started_at": visit.started_at or now,
-                            },
-                        )
-                        for visit in visits
-                    ],
+                    visits=[claim_change(v, owner, expires, now) for v in visits],
                 )
                 await self._apply(conn, change)
                 claimed.extend(visits)
@@ -713,32 +704,10 @@ class SQLStorage(Storage):
             for visit in expired:
                 job, _ = await self._load_job(conn, visit.job_id)
                 delay = retry_delay(job, visit)
-                fields: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
-                if delay is None:
-                    status = ItemStatus.FAILED
-                    fields.update(
-                        error={"kind": "timeout", "message": "lease expired"}, finished_at=now
-                    )
-                else:
-                    status = ItemStatus.RETRYING
-                    fields["next_attempt_at"] = now + delay
-                await self._apply(
-                    conn,
-                    ChangeSet(
-                        visit.job_id,
-                        actor="rescuer",
-                        visits=[
-                            VisitChange(
-                                visit.id,
-                                expect=ItemStatus.PROCESSING,
-                                status=status,
-                                token=visit.token,
-                                fields=fields,
-                                reason="lease expired",
-                            )
-                        ],
-                    ),
+                change = ChangeSet(
+                    visit.job_id, actor="rescuer", visits=[rescue_change(visit, delay, now)]
                 )
+                await self._apply(conn, change)
             return len(expired)
 
         return await self._write(op)

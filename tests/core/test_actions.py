@@ -71,7 +71,7 @@ async def test_pass_refuses_items_in_the_wrong_status_and_writes_nothing() -> No
         await orch.wait(job.id, timeout=5)
         first, second = await ids_at(orch, job.id, "scan")
         await orch.pass_items(job.id, "scan", [first])
-        version = (await orch.snapshot(job.id)).version
+        version = (await orch.wait(job.id, timeout=5)).version  # the engine is idle now
         with pytest.raises(Conflict, match=f"{first} is passed"):
             await orch.pass_items(job.id, "scan", [second, first])
         assert (await orch.snapshot(job.id)).version == version

@@ -534,13 +534,17 @@ class SQLStorage(Storage):
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
-        for key, delta in sorted(deltas, key=lambda kd: sorted(kd[0].items())):
-            statement = dialect_insert(table).values(job_id=job_id, n=delta, **key)
-            statement = statement.on_conflict_do_update(
-                index_elements=[c.name for c in table.primary_key.columns],
-                set_={"n": table.c.n + statement.excluded.n},
-            )
-            await conn.execute(statement)
+        # One statement for all counters (rows in key order, so writers lock alike).
+        rows = [
+            {"job_id": job_id, "n": delta, **key}
+            for key, delta in sorted(deltas, key=lambda kd: sorted(kd[0].items()))
+        ]
+        statement = dialect_insert(table).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=[c.name for c in table.primary_key.columns],
+            set_={"n": table.c.n + statement.excluded.n},
+        )
+        await conn.execute(statement)
 
     # -- claiming and leases ----------------------------------------------------------
 

@@ -4,6 +4,7 @@ Define a :class:`Pipeline` as data, bind its handler keys in :class:`Handlers`, 
 jobs with an :class:`Orchestrator` (or :class:`SyncOrchestrator` from sync code).
 """
 
+from ._app import App, load_app
 from ._definitions import (
     Check,
     ErrorKind,
@@ -57,6 +58,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ActionContext",
+    "App",
     "ActionRejected",
     "ActionRequest",
     "ActionResult",
@@ -106,4 +108,5 @@ __all__ = [
     "SyncOrchestrator",
     "TransientError",
     "__version__",
+    "load_app",
 ]

@@ -89,6 +89,8 @@ class Engine:
         self.rate_limiter = RateLimiter(clock)
         self.running: dict[tuple[str, int], _Running] = {}  #: by (visit id, token)
         self._busy = 0
+        self.draining = False  #: set by :meth:`drain`: claim nothing new
+        self._idle: anyio.Event | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -106,7 +108,7 @@ class Engine:
 
     async def _dispatch(self, send: anyio.abc.ObjectSendStream[Claim]) -> None:
         while True:
-            free = self.max_concurrency - self._busy
+            free = 0 if self.draining else self.max_concurrency - self._busy
             claims = await self.storage.claim(self.owner, free, self.lease_seconds) if free else []
             for index, claim in enumerate(claims):
                 try:
@@ -137,6 +139,8 @@ class Engine:
                     log.exception("processing %s failed", claim.visit.id)
                 finally:
                     self._busy -= 1
+                    if self._busy == 0 and self._idle is not None:
+                        self._idle.set()
                     self.broker.publish_work()
 
     async def _heartbeat(self) -> None:
@@ -180,6 +184,21 @@ class Engine:
         step = self.pipeline_for(job).step(visit.step)
         failure = Failure(ErrorKind.TIMEOUT, "lease expired", "LeaseExpired")
         return retry_delay(step.retry, failure, visit.attempts - visit.retry_base)
+
+    async def drain(self, grace: float) -> bool:
+        """Stop claiming and let running work finish for up to ``grace`` seconds.
+
+        Returns ``True`` when everything finished in time. Whatever still runs after
+        that is cancelled when the engine stops, and handed back to the storage.
+        """
+        self.draining = True
+        self.broker.publish_work()
+        with anyio.move_on_after(grace):
+            while self._busy:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            return True
+        return False
 
     def _cancel(self, key: tuple[str, int]) -> None:
         running = self.running.get(key)

@@ -155,6 +155,15 @@ class Orchestrator:
             # exception group: the engine is stopped as on a normal exit.
             await stack.aclose()
 
+    async def drain(self, grace: float = 30.0) -> bool:
+        """Stop taking new work; wait up to ``grace`` seconds for running work to end.
+
+        For a graceful shutdown (a worker on SIGTERM): afterwards leave the ``async
+        with``; anything still running then is cancelled and handed back at once.
+        Returns ``True`` if all running work finished within ``grace``.
+        """
+        return await self.engine.drain(grace)
+
     # -- definitions ------------------------------------------------------------------
 
     def register(self, pipeline: Pipeline) -> Pipeline:

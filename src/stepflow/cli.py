@@ -7,7 +7,9 @@ workflow the library was made for, not a toy.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -111,6 +113,50 @@ async def _until_signalled(run: Callable[[], Awaitable[T]]) -> T | None:
                 tg.cancel_scope.cancel()
                 break
     return result[0] if result else None
+
+
+@app.command()
+def worker(
+    database_url: str = typer.Option(..., help="The shared database (SQLite file or URL)."),
+    app_target: str = typer.Option(
+        ..., "--app", help="The host's definitions: module:attribute naming a stepflow.App."
+    ),
+    prefix: str = typer.Option("stepflow_", help="Table name prefix."),
+    schema: str | None = typer.Option(None, help="PostgreSQL schema of the tables."),
+    concurrency: int = typer.Option(64, min=1, help="Handlers this process runs at once."),
+    grace: float = typer.Option(
+        30.0, min=0.0, help="Seconds running handlers get to finish on SIGTERM/SIGINT."
+    ),
+    lease_seconds: float = typer.Option(30.0, min=1.0, help="Lease on claimed work."),
+) -> None:
+    """Run a worker: claim and run work from the shared database until SIGTERM.
+
+    On SIGTERM (or Ctrl-C) it stops claiming, lets running handlers finish within the
+    grace period, and hands back whatever is left so another worker takes it at once.
+    """
+    from ._app import load_app
+    from .storage.sql import SQLStorage, redact_url
+
+    sys.path.insert(0, os.getcwd())  # like other app servers: --app resolves from here
+    console = Console()
+    definitions = load_app(app_target)
+    storage = SQLStorage(database_url, prefix=prefix, schema=schema)
+
+    async def serve() -> bool:
+        orchestrator = definitions.orchestrator(
+            storage, max_concurrency=concurrency, lease_seconds=lease_seconds
+        )
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with orchestrator as orch:
+                console.print(f"worker {orch.owner} running on {redact_url(database_url)}")
+                async for received in signals:
+                    console.print(f"{signal.Signals(received).name}: draining for {grace:g} s")
+                    finished = await orch.drain(grace)
+                    console.print("drained" if finished else "grace over: handing work back")
+                    return finished
+        return True  # pragma: no cover - the signal loop only ends by returning
+
+    raise typer.Exit(0 if anyio.run(serve) else 3)
 
 
 def _forget_demo(database_url: str, console: Console) -> None:

@@ -111,7 +111,7 @@ async def test_sigterm_lets_running_work_finish_then_exits(
     async with await client(app_dir) as orch:
         job = await orch.create_job("ledger", [{"key": "slow", "data": {"gated": True}}])
         with anyio.fail_after(60):
-            while not (app_dir / "started").exists():  # the handler is running now
+            while not (app_dir / "started").exists():  # noqa: ASYNC110 - another process
                 await anyio.sleep(0.01)
         worker.send_signal(signal.SIGTERM)
         (app_dir / "open").touch()

@@ -59,11 +59,13 @@ def make_storage(backend: str, postgres_url: str) -> Storage | None:
     return SQLStorage(postgres_url, schema=schema)
 
 
-async def run(jobs: int, items_per_job: int, storage: Storage | None = None) -> float:
+async def run(
+    jobs: int, items_per_job: int, storage: Storage | None = None, workers: int = 64
+) -> float:
     handlers = Handlers()
     handlers.add("noop", noop)
     async with Orchestrator(
-        storage, handlers=handlers, pipelines=[noop_pipeline()], max_concurrency=int(__import__("os").environ.get("BENCH_WORKERS", "64"))
+        storage, handlers=handlers, pipelines=[noop_pipeline()], max_concurrency=workers
     ) as orch:
         started = time.perf_counter()
         ids = []
@@ -91,13 +93,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--jobs", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=64, help="handlers run at once")
     parser.add_argument("--backend", choices=["memory", "sqlite", "postgres"], default="memory")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     name = args.backend
 
     def once(jobs: int, items: int) -> float:
-        return anyio.run(run, jobs, items, make_storage(name, args.postgres_url))
+        return anyio.run(run, jobs, items, make_storage(name, args.postgres_url), args.workers)
 
     batch = [once(1, args.items) for _ in range(args.repeat)]
     report(f"{name} batch: 1 job x {args.items:,} items x {STEPS} steps", batch)

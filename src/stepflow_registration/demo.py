@@ -110,7 +110,7 @@ async def run_demo(
         live = not interactive and console.is_terminal
         with _live(console, live) as show:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_follow, orch, job.id, view, show, started)
+                tg.start_soon(_follow, orch, job.id, view, show, started, decisions)
                 snapshot = await operator.run()
                 tg.cancel_scope.cancel()
             if show is not None:
@@ -131,11 +131,23 @@ def _live(console: Console, enabled: bool) -> Iterator[Live | None]:
 
 
 async def _follow(
-    orch: Orchestrator, job_id: str, view: ProgressView, live: Live | None, started: float
+    orch: Orchestrator,
+    job_id: str,
+    view: ProgressView,
+    live: Live | None,
+    started: float,
+    decisions: Decisions,
 ) -> None:
-    """Feed the view: new events (for retries), then a fresh snapshot, a few times a second."""
+    """Feed the view: new events (for retries), then a fresh snapshot, a few times a second.
+
+    While a person is being asked a question, output holds (nothing is lost: the events
+    are read once the answer is in).
+    """
     after = 0
     while True:
+        if getattr(decisions, "asking", False):
+            await anyio.sleep(0.1)  # a refresh rate for people, not a wait for a state
+            continue
         for event in await orch.events(job_id, after=after):
             view.on_event(event)
             after = event.seq

@@ -28,9 +28,17 @@ class PromptDecisions:
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        #: True while a question waits for an answer; progress output holds meanwhile.
+        self.asking = False
 
     async def _ask(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(partial(func, *args, console=self.console, **kwargs))
+        self.asking = True
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(func, *args, console=self.console, **kwargs)
+            )
+        finally:
+            self.asking = False
 
     async def search_again(self, item: Item) -> dict[str, Any] | None:
         name = str(item.data.get("name", item.key))

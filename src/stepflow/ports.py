@@ -166,6 +166,8 @@ class Storage(ABC):
     ) -> set[tuple[str, int]]:
         """Extend the leases of ``(visit_id, token)`` pairs still held by ``owner``.
 
+        A lease that has already expired is lost, even before it is rescued.
+
         Returns the pairs whose lease was extended; any other was lost.
         """
 

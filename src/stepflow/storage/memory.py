@@ -221,7 +221,8 @@ class MemoryStorage(Storage):
     async def renew(
         self, owner: str, held: Sequence[tuple[str, int]], lease_seconds: float
     ) -> set[tuple[str, int]]:
-        expires = self.clock.now() + lease_seconds
+        now = self.clock.now()
+        expires = now + lease_seconds
         kept: set[tuple[str, int]] = set()
         for visit_id, token in held:
             visit = self._visits.get(visit_id)
@@ -230,6 +231,7 @@ class MemoryStorage(Storage):
                 and visit.status is ItemStatus.PROCESSING
                 and visit.token == token
                 and visit.lease_owner == owner
+                and (visit.lease_expires_at or 0) >= now
             ):
                 self._visits[visit_id] = dataclasses.replace(visit, lease_expires_at=expires)
                 kept.add((visit_id, token))

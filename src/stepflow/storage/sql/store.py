@@ -652,7 +652,8 @@ class SQLStorage(Storage):
         v = self.tables.visits
 
         async def op(conn: AsyncConnection) -> set[tuple[str, int]]:
-            expires = await self._db_now(conn) + lease_seconds
+            now = await self._db_now(conn)
+            expires = now + lease_seconds
             kept: set[tuple[str, int]] = set()
             for visit_id, token in held:
                 result = await conn.execute(
@@ -662,6 +663,7 @@ class SQLStorage(Storage):
                         v.c.token == token,
                         v.c.lease_owner == owner,
                         v.c.status == ItemStatus.PROCESSING.value,
+                        v.c.lease_expires_at >= now,
                     )
                     .values(lease_expires_at=expires)
                 )

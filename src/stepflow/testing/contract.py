@@ -1,0 +1,263 @@
+"""The storage contract suite: what every :class:`~stepflow.ports.Storage` must do.
+
+Design decision: the contract is a pytest test class a host subclasses with one
+fixture, ``make_storage``, so a storage of its own is held to exactly the rules the
+shipped backends are held to (stepflow runs this class on memory, SQLite and
+PostgreSQL). The tests talk to the port directly — no orchestrator, no handlers — so a
+failure names the storage method that broke the contract.
+
+Usage::
+
+    import pytest
+    from stepflow.testing.contract import StorageContract
+
+    class TestMyStorage(StorageContract):
+        @pytest.fixture
+        def make_storage(self):
+            return lambda clock: MyStorage(clock=clock)
+
+The tests are ``async`` and use the anyio pytest plugin (``anyio_backend`` fixture).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from .._errors import DuplicateAction, LeaseLost, NotFound, StaleWrite
+from .._planning import new_item, visit_id
+from .._records import ChangeSet, EventDraft, JobRecord, StepInfo, VisitChange, VisitRecord
+from .._states import ItemStatus, JobStatus
+from ..ports import Clock, Storage
+from .clock import FakeClock
+
+__all__ = ["StorageContract"]
+
+I = ItemStatus
+
+
+def _job(auto: bool = True, concurrency: int = 2) -> JobRecord:
+    now = 1_700_000_000.0
+    return JobRecord(
+        id=uuid.uuid4().hex,
+        pipeline="contract",
+        version="1",
+        definition_hash="0" * 64,
+        definition={
+            "name": "contract",
+            "steps": [{"key": "a", "handler": "h"}, {"key": "b", "handler": "h"}],
+        },
+        steps=(StepInfo("a", True, concurrency), StepInfo("b", True, concurrency)),
+        status=JobStatus.DRAFT,
+        auto_process=auto,
+        metadata={},
+        idempotency_key=None,
+        created_by="contract",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _creation(job: JobRecord, n: int, now: float) -> ChangeSet:
+    change = ChangeSet(job.id, actor="contract", job_status=JobStatus.PENDING)
+    change.events.append(EventDraft("job.created"))
+    for k in range(n):
+        item = new_item(job.id, f"k{k}", {"k": k}, 0, now)
+        change.new_items.append(item)
+        change.new_visits.append(
+            VisitRecord(visit_id(item.id, "a"), job.id, item.id, "a", I.AVAILABLE, now, now)
+        )
+    return change
+
+
+@pytest.mark.anyio
+class StorageContract:
+    """Subclass and provide ``make_storage`` (a fixture returning ``clock -> Storage``)."""
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    async def storage(
+        self, make_storage: Callable[[Clock], Storage], clock: FakeClock
+    ) -> AsyncIterator[Storage]:
+        store = make_storage(clock)
+        await store.start()
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+    async def _new_job(
+        self, storage: Storage, clock: FakeClock, n: int = 3, **kwargs: Any
+    ) -> JobRecord:
+        job = _job(**kwargs)
+        stored, created = await storage.create_job(job, _creation(job, n, clock.now()))
+        assert created
+        return stored
+
+    async def test_create_job_writes_items_counts_and_events(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """A created job has its items at the first step, exact counters and gapless events."""
+        job = await self._new_job(storage, clock, n=3)
+        progress = await storage.progress(job.id)
+        assert progress.job.status is JobStatus.PENDING
+        assert progress.counts["a"] == {I.AVAILABLE: 3}
+        events = await storage.read_events(job.id, 0, 100)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert events[-1].seq == progress.job.seq
+        assert progress.job.item_count == 3
+
+    async def test_same_idempotency_key_returns_the_first_job(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """A second create with the same key writes nothing and returns the first job."""
+        first = _job()
+        first.idempotency_key = "key-1"
+        await storage.create_job(first, _creation(first, 2, clock.now()))
+        second = _job()
+        second.idempotency_key = "key-1"
+        stored, created = await storage.create_job(second, _creation(second, 5, clock.now()))
+        assert not created and stored.id == first.id
+        with pytest.raises(NotFound):
+            await storage.get_job(second.id)
+
+    async def test_a_failed_guard_writes_nothing(self, storage: Storage, clock: FakeClock) -> None:
+        """A change set with one stale guard is refused whole: no visit, counter or event moves."""
+        job = await self._new_job(storage, clock, n=2)
+        visits = await storage.find_visits(job.id, "a", {I.AVAILABLE}, 10)
+        before = await storage.progress(job.id)
+        change = ChangeSet(
+            job.id,
+            visits=[
+                VisitChange(visits[0].id, expect=I.AVAILABLE, status=I.SKIPPED),
+                VisitChange(visits[1].id, expect=I.PROCESSED, status=I.PASSED),
+            ],
+        )
+        with pytest.raises(StaleWrite):
+            await storage.commit(change)
+        after = await storage.progress(job.id)
+        assert after.counts == before.counts and after.job.seq == before.job.seq
+
+    async def test_claims_bump_tokens_and_respect_step_concurrency(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """A claim moves at most `concurrency` visits of a step to processing, new tokens each."""
+        job = await self._new_job(storage, clock, n=5, concurrency=2)
+        claims = await storage.claim("owner-1", 10, 30.0)
+        assert len(claims) == 2
+        assert {c.visit.status for c in claims} == {I.PROCESSING}
+        assert {c.visit.token for c in claims} == {1}
+        assert {c.visit.attempts for c in claims} == {1}
+        assert await storage.claim("owner-2", 10, 30.0) == []
+        assert (await storage.progress(job.id)).counts["a"][I.PROCESSING] == 2
+
+    async def test_a_paused_job_is_not_claimed(self, storage: Storage, clock: FakeClock) -> None:
+        """Only pending and in-progress jobs give work to claim."""
+        job = await self._new_job(storage, clock, n=1)
+        await storage.commit(ChangeSet(job.id, job_status=JobStatus.PAUSED))
+        assert await storage.claim("owner", 10, 30.0) == []
+
+    async def test_a_lost_lease_refuses_the_late_result(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """After expiry and rescue, a completion guarded by the old token is LeaseLost."""
+        job = await self._new_job(storage, clock, n=1)
+        [claim] = await storage.claim("owner-1", 1, 30.0)
+        clock.advance(31)
+        assert await storage.renew("owner-1", [(claim.visit.id, claim.visit.token)], 30) == set()
+        assert await storage.rescue_expired(lambda job, visit: 0.0) == 1
+        [again] = await storage.claim("owner-2", 1, 30.0)
+        assert again.visit.token == claim.visit.token + 1
+        late = ChangeSet(
+            job.id,
+            visits=[
+                VisitChange(
+                    claim.visit.id, expect=I.PROCESSING, status=I.PROCESSED, token=claim.visit.token
+                )
+            ],
+        )
+        with pytest.raises(LeaseLost):
+            await storage.commit(late)
+        events = await storage.read_events(job.id, 0, 100)
+        assert any(e.data.get("reason") == "lease expired" for e in events)
+
+    async def test_renew_keeps_a_lease_alive(self, storage: Storage, clock: FakeClock) -> None:
+        """A renewed lease is not rescued when its first expiry passes."""
+        await self._new_job(storage, clock, n=1)
+        [claim] = await storage.claim("owner", 1, 30.0)
+        clock.advance(20)
+        held = (claim.visit.id, claim.visit.token)
+        assert await storage.renew("owner", [held], 30.0) == {held}
+        clock.advance(20)
+        assert await storage.rescue_expired(lambda job, visit: 0.0) == 0
+
+    async def test_release_hands_work_back(self, storage: Storage, clock: FakeClock) -> None:
+        """Released visits are available again at once; another owner's release does nothing."""
+        job = await self._new_job(storage, clock, n=1)
+        [claim] = await storage.claim("owner", 1, 30.0)
+        held = [(claim.visit.id, claim.visit.token)]
+        assert await storage.release("someone-else", held) == 0
+        assert await storage.release("owner", held) == 1
+        assert (await storage.progress(job.id)).counts["a"][I.AVAILABLE] == 1
+
+    async def test_an_action_id_applies_once(self, storage: Storage, clock: FakeClock) -> None:
+        """A second commit with the same action id raises DuplicateAction with the result."""
+        job = await self._new_job(storage, clock, n=1)
+        first = ChangeSet(
+            job.id, job_status=JobStatus.PAUSED, action_id="click", action_result={"affected": []}
+        )
+        await storage.commit(first)
+        again = ChangeSet(job.id, job_status=JobStatus.IN_PROGRESS, action_id="click")
+        with pytest.raises(DuplicateAction) as caught:
+            await storage.commit(again)
+        assert caught.value.result == {"affected": []}
+        assert (await storage.get_job(job.id)).status is JobStatus.PAUSED
+        assert await storage.get_action(job.id, "click") == {"affected": []}
+
+    async def test_retry_times_are_stored_and_due_in_order(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """A retrying visit is claimable only once its next attempt time has come."""
+        job = await self._new_job(storage, clock, n=1)
+        [claim] = await storage.claim("owner", 1, 30.0)
+        due = clock.now() + 10
+        await storage.commit(
+            ChangeSet(
+                job.id,
+                visits=[
+                    VisitChange(
+                        claim.visit.id,
+                        expect=I.PROCESSING,
+                        status=I.RETRYING,
+                        token=claim.visit.token,
+                        fields={
+                            "next_attempt_at": due,
+                            "lease_owner": None,
+                            "lease_expires_at": None,
+                        },
+                    )
+                ],
+            )
+        )
+        assert await storage.next_due() == due
+        assert await storage.claim("owner", 1, 30.0) == []
+        clock.advance(10)
+        [again] = await storage.claim("owner", 1, 30.0)
+        assert again.visit.attempts == 2
+
+    async def test_pages_of_a_step_follow_item_order(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """list_visits pages by position after a cursor, with an optional status filter."""
+        job = await self._new_job(storage, clock, n=5)
+        first = await storage.list_visits(job.id, "a", None, 0, 2)
+        rest = await storage.list_visits(job.id, "a", None, first[-1][1].position, 10)
+        keys = [item.key for item, _ in first + rest]
+        assert keys == ["k0", "k1", "k2", "k3", "k4"]
+        assert await storage.list_visits(job.id, "a", {I.FAILED}, 0, 10) == []

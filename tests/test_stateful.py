@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -170,3 +171,20 @@ def test_skipping_the_last_failed_item_completes_a_failed_job(verb: str) -> None
         else:
             orch.pass_items(job.id, "a", [item_id])
         assert orch.snapshot(job.id).job.status == "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_machine_holds_on_sql_storages(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The sub-step pipeline keeps every invariant on SQLite and PostgreSQL (smaller profile)."""
+    from hypothesis import settings
+
+    from .backends import storage_factory
+
+    with storage_factory(backend, tmp_path, request) as factory:
+        machine = pipeline_machine(SUBSTEPS, factory)
+        run_state_machine_as_test(
+            machine, settings=settings(max_examples=10, stateful_step_count=15, deadline=None)
+        )

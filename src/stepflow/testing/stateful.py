@@ -295,6 +295,8 @@ class PipelineMachine(RuleBasedStateMachine):
         self.jobs: dict[str, _JobModel] = {}
         self.sent: list[_Sent] = []
         self.created = 0
+        #: Tells this run's idempotency keys from those of earlier runs on a shared database.
+        self.run_id = uuid.uuid4().hex[:8]
         # What the rule that just ran may have changed (checked by the invariant).
         self.changed: set[str] = set()
         self.verbs: dict[str, str] = {}
@@ -419,7 +421,7 @@ class PipelineMachine(RuleBasedStateMachine):
             items.append({"key": key, "data": data.draw(self.shapes.item)})
             self.script.outputs[key] = data.draw(self.shapes.output)
             self._plan_outcomes(data, key, self.pipeline.steps)
-        idem = f"idem-{self.created}" if data.draw(st.booleans()) else None
+        idem = f"idem-{self.run_id}-{self.created}" if data.draw(st.booleans()) else None
         made = self.sync.create_job(
             self.pipeline.name,
             items,

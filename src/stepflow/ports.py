@@ -11,7 +11,7 @@ implementations and (for storages) a contract suite any implementation must pass
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from ._records import (
@@ -263,6 +263,3 @@ class Clock(ABC):
 
     def on_advance(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever time jumps (a fake clock); real clocks ignore it."""
-
-
-HandlerCall = Callable[[Any], Awaitable[Any] | Any]

@@ -859,17 +859,19 @@ class SQLStorage(Storage):
         e = self.tables.events
 
         async def op(conn: AsyncConnection) -> list[EventRecord]:
-            await self._load_job(conn, job_id)
             rows = await conn.execute(
                 select(e)
                 .where(e.c.job_id == job_id, e.c.seq > after)
                 .order_by(e.c.seq)
                 .limit(limit)
             )
-            return [
+            found = [
                 EventRecord(r.job_id, r.seq, r.type, r.at, r.actor, r.step, r.item_id, r.data)
                 for r in rows
             ]
+            if not found:  # only an empty answer needs to tell "no such job" apart
+                await self._load_job(conn, job_id)
+            return found
 
         return await self._read(op)
 

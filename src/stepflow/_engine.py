@@ -1,12 +1,17 @@
 """The engine: claims due work, runs handlers and sub-step graphs, commits results.
 
 Design decision: a fixed pool of long-lived worker tasks pulls claims from one
-dispatcher through a memory stream, instead of a task spawned per item; the dispatcher
-claims only as many visits as there are idle workers, and sleeps on the event broker
-(or until the next retry is due) when there is nothing to claim. Everything a result
-does to the state is built by :mod:`stepflow._planning` and applied by one guarded
-storage commit; a result whose lease was lost (fencing token) or whose job was cancelled
-is refused by that guard, never half-applied.
+dispatcher through a memory stream, instead of a task spawned per item. The dispatcher
+is also the engine's only writer: workers hand it what their work did (a change set),
+and it applies everything that finished while its previous write was in flight, and
+claims work for the workers that freed, in ONE storage exchange — group commit, so
+the database's commit rate is not the ceiling, and nothing is acknowledged before it
+is durable. It sleeps on the event broker (or until the next retry is due) when there
+is nothing to write or claim, and rides out a storage outage by backing off and
+offering the same changes again (their guards make a repeat harmless). Everything a
+result does to the state is built by :mod:`stepflow._planning`; a result whose lease
+was lost (fencing token) or whose job was cancelled is refused by its guard, never
+half-applied.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ._conditions import evaluate
 from ._definitions import ErrorKind, Pipeline, Step, SubStep
-from ._errors import InvalidInput, StaleWrite
+from ._errors import InvalidInput, StaleWrite, StepflowError
 from ._handlers import AskPerson, ErrorClassifier, Failure, HandlerContext, Handlers, SkipItem
 from ._jsonsafe import check_json
 from ._planning import (
@@ -35,7 +41,15 @@ from ._planning import (
     visit_id,
 )
 from ._ratelimit import RateLimiter
-from ._records import ChangeSet, Claim, EventDraft, JobRecord, VisitChange, VisitRecord
+from ._records import (
+    ChangeSet,
+    Claim,
+    CommitResult,
+    EventDraft,
+    JobRecord,
+    VisitChange,
+    VisitRecord,
+)
 from ._retry import retry_delay
 from ._states import SUBSTEP_DONE, ItemStatus, SubStepStatus
 from .ports import Clock, EventBroker, Executor, Storage
@@ -48,6 +62,15 @@ U = SubStepStatus
 
 class _Abandoned(Exception):
     """The visit's lease was lost or its job cancelled while sub-steps ran."""
+
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    """A change handed to the dispatcher; ``done`` is set once its result is known."""
+
+    change: ChangeSet
+    done: anyio.Event | None = None  #: ``None``: nobody waits (a worker's final result)
+    result: CommitResult | Exception | None = None
 
 
 @dataclass(slots=True)
@@ -88,71 +111,164 @@ class Engine:
         self.poll_interval = poll_interval
         self.rate_limiter = RateLimiter(clock)
         self.running: dict[tuple[str, int], _Running] = {}  #: by (visit id, token)
-        self._busy = 0
+        self._busy = 0  #: claims handed to workers whose result is not yet handed back
+        self._outbox: list[_Write] = []  #: changes waiting for the dispatcher's next write
+        self._writing = 0  #: changes in the dispatcher's write now in flight
+        self._wake = anyio.Event()  #: set when the outbox gets something
         self.draining = False  #: set by :meth:`drain`: claim nothing new
         self._idle: anyio.Event | None = None
+        self.writes = 0  #: storage exchanges made (for benchmarks and tests)
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: dispatcher, workers, heartbeat, rescuer, progress."""
         await self.storage.rescue_expired(self._rescue_delay)  # startup recovery
-        send, receive = anyio.create_memory_object_stream[Claim](0)
+        self._wake = anyio.Event()  # bound to this run's event loop
+        # Never more claims in flight than workers, so a send never waits.
+        send, receive = anyio.create_memory_object_stream[Claim](self.max_concurrency)
         async with anyio.create_task_group() as tg, send, receive:
             for _ in range(self.max_concurrency):
                 tg.start_soon(self._worker, receive.clone())
             tg.start_soon(self._heartbeat)
             tg.start_soon(self._flush_progress)
             task_status.started()
-            await self._dispatch(send)
+            try:
+                await self._dispatch(send)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._flush_at_exit()
 
-    async def _dispatch(self, send: anyio.abc.ObjectSendStream[Claim]) -> None:
+    # -- the one writer -------------------------------------------------------------
+
+    async def _dispatch(self, send: MemoryObjectSendStream[Claim]) -> None:
+        failures = 0
         while True:
+            writes, self._outbox = self._outbox, []
+            self._wake = anyio.Event()
             free = 0 if self.draining else self.max_concurrency - self._busy
-            claims = await self.storage.claim(self.owner, free, self.lease_seconds) if free else []
-            for index, claim in enumerate(claims):
-                try:
-                    await send.send(claim)
-                except anyio.get_cancelled_exc_class():
-                    # Stopping with claims nobody runs: hand them back now.
-                    unsent = [(c.visit.id, c.visit.token) for c in claims[index:]]
-                    with anyio.CancelScope(shield=True):
-                        await self.storage.release(self.owner, unsent)
-                    raise
+            if not writes and not free:
+                await self._sleep(None)
+                continue
+            self._writing = len(writes)
+            try:
+                results, claims = await self.storage.exchange(
+                    [w.change for w in writes], self.owner, free, self.lease_seconds
+                )
+            except Exception as exc:  # noqa: BLE001 - the database went away: back off
+                self._writing = 0
+                self._outbox[:0] = writes  # offer them again, first, in the same order
+                failures += 1
+                delay = min(2.0, 0.05 * 2 ** min(failures, 6))
+                log.warning("storage write failed (%s); retrying in %.2f s", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            failures = 0
+            self.writes += 1
+            self._writing = 0
+            self._settle(writes, results)
+            for claim in claims:
                 self._busy += 1
+                send.send_nowait(claim)
                 self._publish(claim.job.id, claim.job.seq)
-            if claims:
+            self._check_idle()
+            if writes or claims:
                 continue
             due = await self.storage.next_due()
-            timeout = None if due is None else self.clock.timeout_seconds(due)
-            poll = self.poll_interval
-            if poll is not None:
-                timeout = poll if timeout is None else min(timeout, poll)
-            await self.broker.wait_work(timeout)
+            await self._sleep(None if due is None else self.clock.timeout_seconds(due))
+
+    async def _sleep(self, timeout: float | None) -> None:
+        """Until a change is handed in, the broker says work arrived, or ``timeout``."""
+        if self._outbox:
+            return
+        poll = self.poll_interval
+        if poll is not None:
+            timeout = poll if timeout is None else min(timeout, poll)
+        wake = self._wake
+        async with anyio.create_task_group() as tg:
+
+            async def broker() -> None:
+                await self.broker.wait_work(timeout)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(broker)
+            await wake.wait()
+            tg.cancel_scope.cancel()
+
+    def _settle(self, writes: list[_Write], results: list[CommitResult | Exception]) -> None:
+        for write, result in zip(writes, results, strict=True):
+            write.result = result
+            if write.done is not None:
+                write.done.set()
+            elif isinstance(result, StaleWrite):
+                log.info("result refused: %s", result)
+            elif isinstance(result, Exception):
+                log.error("result of job %s refused: %r", write.change.job_id, result)
+            if isinstance(result, CommitResult):
+                self._publish(result.job_id, result.seq)
+
+    async def _flush_at_exit(self) -> None:
+        """Write what workers handed back before stopping (nothing new is claimed)."""
+        writes, self._outbox = self._outbox, []
+        if not writes:
+            return
+        try:
+            results, _ = await self.storage.exchange(
+                [w.change for w in writes], self.owner, 0, self.lease_seconds
+            )
+        except Exception:  # leases expire and the work is rescued
+            log.exception("could not write %d results at shutdown", len(writes))
+            return
+        self._settle(writes, results)
+
+    def _hand_in(self, write: _Write) -> None:
+        self._outbox.append(write)
+        self._wake.set()
+
+    async def _commit(self, change: ChangeSet) -> CommitResult:
+        """Commit ``change`` through the dispatcher's next write; raise if refused."""
+        write = _Write(change, anyio.Event())
+        self._hand_in(write)
+        assert write.done is not None
+        await write.done.wait()
+        if isinstance(write.result, Exception):
+            raise write.result
+        assert write.result is not None
+        return write.result
+
+    def _check_idle(self) -> None:
+        if self._idle is not None and not (self._busy or self._outbox or self._writing):
+            self._idle.set()
 
     async def _worker(self, receive: anyio.abc.ObjectReceiveStream[Claim]) -> None:
         async with receive:
             async for claim in receive:
                 try:
-                    await self._process(claim)
+                    change = await self._process(claim)
                 except Exception:  # a bug in stepflow must not kill the worker pool
                     log.exception("processing %s failed", claim.visit.id)
-                finally:
-                    self._busy -= 1
-                    if self._busy == 0 and self._idle is not None:
-                        self._idle.set()
-                    self.broker.publish_work()
+                    change = None
+                if change is not None:
+                    self._hand_in(_Write(change))
+                self._busy -= 1
+                self._wake.set()  # a worker is free: the dispatcher may claim for it
+                self._check_idle()
 
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self.lease_seconds / 3)
-            held = list(self.running)
-            if held:
-                kept = await self.storage.renew(self.owner, held, self.lease_seconds)
-                for lost in set(held) - kept:
-                    self._cancel(lost)
-            if await self.storage.rescue_expired(self._rescue_delay):
-                self.broker.publish_work()
+            try:
+                held = list(self.running)
+                if held:
+                    kept = await self.storage.renew(self.owner, held, self.lease_seconds)
+                    for lost in set(held) - kept:
+                        self._cancel(lost)
+                if await self.storage.rescue_expired(self._rescue_delay):
+                    self.broker.publish_work()
+            except StepflowError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database went away: next beat
+                log.warning("heartbeat failed (%s); trying again next beat", exc)
 
     async def _flush_progress(self) -> None:
         while True:
@@ -178,7 +294,7 @@ class Engine:
             data["substep"] = ctx.substep.key
         change.events.append(EventDraft("item.progress", claim.visit.step, claim.item.id, data))
         with suppress(StaleWrite):
-            self._publish(claim.job.id, (await self.storage.commit(change)).seq)
+            await self._commit(change)
 
     def _rescue_delay(self, job: JobRecord, visit: VisitRecord) -> float | None:
         step = self.pipeline_for(job).step(visit.step)
@@ -192,9 +308,9 @@ class Engine:
         that is cancelled when the engine stops, and handed back to the storage.
         """
         self.draining = True
-        self.broker.publish_work()
+        self._wake.set()
         with anyio.move_on_after(grace):
-            while self._busy:
+            while self._busy or self._outbox or self._writing:
                 self._idle = anyio.Event()
                 await self._idle.wait()
             return True
@@ -222,7 +338,8 @@ class Engine:
 
     # -- one claim ------------------------------------------------------------------
 
-    async def _process(self, claim: Claim) -> None:
+    async def _process(self, claim: Claim) -> ChangeSet | None:
+        """Run one claim; return the change its result makes (``None``: nothing to write)."""
         pipeline = self.pipeline_for(claim.job)
         step = pipeline.step(claim.visit.step)
         key = (claim.visit.id, claim.visit.token)
@@ -244,13 +361,8 @@ class Engine:
         finally:
             del self.running[key]
         if change is None or running.scope.cancel_called:
-            return
-        try:
-            result = await self.storage.commit(change)
-        except StaleWrite as exc:
-            log.info("result of %s refused: %s", claim.visit.id, exc)
-            return
-        self._publish(claim.job.id, result.seq)
+            return None
+        return change
 
     def _context(
         self,
@@ -600,10 +712,9 @@ class Engine:
             )
         )
         try:
-            result = await self.storage.commit(change)
+            await self._commit(change)
         except StaleWrite as exc:
             raise _Abandoned(str(exc)) from None
-        self._publish(claim.job.id, result.seq)
 
     def _substeps_result(
         self,

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from ._errors import StepflowError
 from ._records import (
     ChangeSet,
     Claim,
@@ -144,6 +145,30 @@ class Storage(ABC):
         fit, ``DuplicateAction`` when ``change.action_id`` was applied before — in every
         case having written nothing.
         """
+
+    async def exchange(
+        self, changes: Sequence[ChangeSet], owner: str, limit: int, lease_seconds: float
+    ) -> tuple[list[CommitResult | Exception], list[Claim]]:
+        """Apply ``changes``, each on its own terms, then claim up to ``limit`` visits.
+
+        The engine's one write path: the results of work that finished together, and
+        the claims for the workers they freed. Each change is checked and applied as
+        :meth:`commit` would; one refused with a :class:`~stepflow.StepflowError` is
+        returned in its place (the others still apply). Results are returned only once
+        everything they describe is durable. A storage that can, does it all in one
+        transaction (group commit: the SQL storage); this default commits each change
+        and then claims, which is correct for any storage. An infrastructure error
+        (the database went away) is raised: then nothing is known to be written, and
+        the caller may offer the same changes again — their guards make that safe.
+        """
+        results: list[CommitResult | Exception] = []
+        for change in changes:
+            try:
+                results.append(await self.commit(change))
+            except StepflowError as exc:
+                results.append(exc)
+        claims = await self.claim(owner, limit, lease_seconds) if limit > 0 else []
+        return results, claims
 
     @abstractmethod
     async def get_action(self, job_id: str, action_id: str) -> dict[str, Any] | None:

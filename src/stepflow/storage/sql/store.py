@@ -13,6 +13,7 @@ so it never reaches a caller.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections import Counter
@@ -22,20 +23,14 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import and_, bindparam, event, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import bindparam, event, func, insert, select, update
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from ..._commit import (
-    CommitPlan,
-    claim_change,
-    initial_step_statuses,
-    plan_commit,
-    release_change,
-    rescue_change,
-)
-from ..._errors import DuplicateAction, InvalidInput, NotFound
+from ..._batch import CommitBatch
+from ..._commit import initial_step_statuses, release_change, rescue_change
+from ..._errors import InvalidInput, NotFound
 from ..._records import (
     ChangeSet,
     Claim,
@@ -81,9 +76,15 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def _is_locked(exc: BaseException) -> bool:
+def _is_retryable(exc: BaseException) -> bool:
+    """SQLite's "database is locked"/"busy", or a PostgreSQL deadlock or serialization
+    failure: the transaction did nothing and may simply run again."""
+    if not isinstance(exc, OperationalError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) in ("40P01", "40001"):
+        return True
     text = str(exc).lower()
-    return isinstance(exc, OperationalError) and ("locked" in text or "busy" in text)
+    return "locked" in text or "busy" in text
 
 
 class SQLStorage(Storage):
@@ -115,6 +116,7 @@ class SQLStorage(Storage):
         self._busy_timeout = busy_timeout
         self._engine = engine
         self._write_lock: anyio.Lock | None = None
+        self._definition_cache: dict[str, dict[str, Any]] = {}  #: by definition hash
 
     def __repr__(self) -> str:
         return f"SQLStorage({redact_url(self.url)!r})"
@@ -196,9 +198,9 @@ class SQLStorage(Storage):
                 yield conn
 
     async def _write(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``op`` in a write transaction, retrying when SQLite says it is locked."""
+        """Run ``op`` in a write transaction, retrying when it was refused for a lock."""
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_locked),
+            retry=retry_if_exception(_is_retryable),
             wait=wait_random_exponential(multiplier=0.005, max=0.5),
             stop=stop_after_delay(120),
             reraise=True,
@@ -238,7 +240,7 @@ class SQLStorage(Storage):
             pipeline=row.pipeline,
             version=row.version,
             definition_hash=row.definition_hash,
-            definition=row.definition,
+            definition=self._definition_cache[row.definition_hash],
             steps=tuple(StepInfo(k, bool(w), int(c)) for k, w, c in row.steps),
             status=JobStatus(row.status),
             auto_process=bool(row.auto_process),
@@ -286,25 +288,60 @@ class SQLStorage(Storage):
             row.id, row.job_id, row.key, row.data, row.created_at, row.position, row.parent_id
         )
 
-    async def _load_job(
-        self, conn: AsyncConnection, job_id: str, lock: bool = False
-    ) -> tuple[JobRecord, Any]:
-        query = select(self.tables.jobs).where(self.tables.jobs.c.id == job_id)
+    # -- loading ----------------------------------------------------------------------
+
+    def _job_columns(self) -> list[Any]:
+        """Every job column but the definition, which is read once per hash and cached."""
+        j = self.tables.jobs
+        return [col for col in j.c if col.name != "definition"]
+
+    async def _definitions_for(self, conn: AsyncConnection, rows: Sequence[Any]) -> None:
+        missing = {row.id: row.definition_hash for row in rows} if rows else {}
+        missing = {k: h for k, h in missing.items() if h not in self._definition_cache}
+        if not missing:
+            return
+        j = self.tables.jobs
+        wanted: dict[str, str] = {}
+        for job_id, digest in missing.items():
+            wanted.setdefault(digest, job_id)
+        found = await conn.execute(
+            select(j.c.definition_hash, j.c.definition).where(j.c.id.in_(sorted(wanted.values())))
+        )
+        for digest, definition in found:
+            self._definition_cache[digest] = definition
+
+    async def _load_jobs(
+        self, conn: AsyncConnection, job_ids: Collection[str], lock: bool = False
+    ) -> list[Any]:
+        """Job rows (without the definition), locked in id order on PostgreSQL."""
+        if not job_ids:
+            return []
+        j = self.tables.jobs
+        query = select(*self._job_columns()).where(j.c.id.in_(sorted(job_ids))).order_by(j.c.id)
         if lock and not self.is_sqlite:
             query = query.with_for_update()
-        row = (await conn.execute(query)).first()
-        if row is None:
+        rows = list(await conn.execute(query))
+        await self._definitions_for(conn, rows)
+        return rows
+
+    async def _load_job(self, conn: AsyncConnection, job_id: str) -> tuple[JobRecord, Any]:
+        rows = await self._load_jobs(conn, [job_id])
+        if not rows:
             raise NotFound("job", job_id)
-        return self._job_from_row(row), row
+        return self._job_from_row(rows[0]), rows[0]
 
     async def _load_counts(
-        self, conn: AsyncConnection, job_id: str
-    ) -> dict[str, Counter[ItemStatus]]:
+        self, conn: AsyncConnection, job_ids: Collection[str]
+    ) -> dict[str, dict[str, Counter[ItemStatus]]]:
         c = self.tables.counts
-        rows = await conn.execute(select(c.c.step, c.c.status, c.c.n).where(c.c.job_id == job_id))
-        counts: dict[str, Counter[ItemStatus]] = {}
-        for step, status, n in rows:
-            counts.setdefault(step, Counter())[ItemStatus(status)] = n
+        counts: dict[str, dict[str, Counter[ItemStatus]]] = {k: {} for k in job_ids}
+        if not job_ids:
+            return counts
+        rows = await conn.execute(
+            select(c.c.job_id, c.c.step, c.c.status, c.c.n).where(c.c.job_id.in_(sorted(job_ids)))
+        )
+        for job_id, step, status, n in rows:
+            counts[job_id].setdefault(step, Counter())[ItemStatus(status)] = n
         return counts
 
     async def _load_visits(
@@ -313,10 +350,52 @@ class SQLStorage(Storage):
         if not ids:
             return {}
         v = self.tables.visits
-        query = select(v).where(v.c.id.in_(list(ids)))
+        query = select(v).where(v.c.id.in_(sorted(ids))).order_by(v.c.id)
         if lock and not self.is_sqlite:
             query = query.with_for_update()
         return {row.id: self._visit_from_row(row) for row in await conn.execute(query)}
+
+    async def _batch(
+        self,
+        conn: AsyncConnection,
+        now: float,
+        job_ids: Collection[str],
+        changes: Sequence[ChangeSet] = (),
+        visits: Collection[VisitRecord] = (),
+    ) -> CommitBatch:
+        """Lock and load everything ``changes`` (and claims in ``job_ids``) may touch.
+
+        Lock order, for every writer: job rows in id order, then visit rows in id order.
+        """
+        t = self.tables
+        batch = CommitBatch(now)
+        job_ids = set(job_ids) | {change.job_id for change in changes}
+        rows = await self._load_jobs(conn, job_ids, lock=True)
+        counts = await self._load_counts(conn, [row.id for row in rows])
+        for row in rows:
+            batch.add_job(
+                self._job_from_row(row),
+                counts[row.id],
+                {k: StepStatus(s) for k, s in row.step_statuses.items()},
+                frozenset(row.started_steps),
+            )
+        for visit in visits:
+            batch.add_visit(visit)
+        named = {vc.visit_id for change in changes for vc in change.visits} - batch.stored
+        for visit in (await self._load_visits(conn, named, lock=True)).values():
+            batch.add_visit(visit)
+        action_ids = {change.action_id for change in changes if change.action_id is not None}
+        if action_ids:
+            a = t.actions
+            found = await conn.execute(
+                select(a.c.job_id, a.c.action_id, a.c.result).where(
+                    a.c.job_id.in_(sorted({c.job_id for c in changes if c.action_id})),
+                    a.c.action_id.in_(sorted(action_ids)),
+                )
+            )
+            for job_id, action_id, result in found:
+                batch.add_action(job_id, action_id, result)
+        return batch
 
     # -- writes -----------------------------------------------------------------------
 
@@ -327,11 +406,11 @@ class SQLStorage(Storage):
             if job.idempotency_key is not None:
                 existing = (
                     await conn.execute(
-                        select(t.jobs).where(t.jobs.c.idempotency_key == job.idempotency_key)
+                        select(t.jobs.c.id).where(t.jobs.c.idempotency_key == job.idempotency_key)
                     )
                 ).first()
                 if existing is not None:
-                    return self._job_from_row(existing), False
+                    return (await self._load_job(conn, existing.id))[0], False
             await conn.execute(
                 insert(t.jobs).values(
                     id=job.id,
@@ -353,8 +432,11 @@ class SQLStorage(Storage):
                     step_statuses={k: s.value for k, s in initial_step_statuses(job).items()},
                 )
             )
-            await self._apply(conn, change)
-            return (await self._load_job(conn, job.id))[0], True
+            self._definition_cache.setdefault(job.definition_hash, job.definition)
+            batch = await self._batch(conn, await self._db_now(conn), [job.id], [change])
+            batch.apply(change)
+            await self._write_batch(conn, batch)
+            return batch.job_copy(job.id), True
 
         try:
             return await self._write(op)
@@ -366,53 +448,81 @@ class SQLStorage(Storage):
             async def read(conn: AsyncConnection) -> tuple[JobRecord, bool]:
                 row = (
                     await conn.execute(
-                        select(t.jobs).where(t.jobs.c.idempotency_key == job.idempotency_key)
+                        select(t.jobs.c.id).where(t.jobs.c.idempotency_key == job.idempotency_key)
                     )
                 ).one()
-                return self._job_from_row(row), False
+                return (await self._load_job(conn, row.id))[0], False
 
             return await self._read(read)
 
     async def commit(self, change: ChangeSet) -> CommitResult:
-        return await self._write(lambda conn: self._apply(conn, change))
+        results, _ = await self.exchange([change], "", 0, 0.0)
+        result = results[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-    async def _apply(self, conn: AsyncConnection, change: ChangeSet) -> CommitResult:
-        t = self.tables
-        job, row = await self._load_job(conn, change.job_id, lock=True)
-        if change.action_id is not None:
-            found = (
-                await conn.execute(
-                    select(t.actions.c.result).where(
-                        t.actions.c.job_id == job.id, t.actions.c.action_id == change.action_id
+    async def exchange(
+        self, changes: Sequence[ChangeSet], owner: str, limit: int, lease_seconds: float
+    ) -> tuple[list[CommitResult | Exception], list[Claim]]:
+        """Apply ``changes`` and claim up to ``limit`` visits in ONE transaction.
+
+        Group commit: each change is planned against the state the earlier ones left and
+        is refused alone when its guard fails; the rest, their counters, events and the
+        claims are written together. If the batch hits a database constraint, each change
+        is retried in its own transaction so one bad change cannot sink the others.
+        """
+
+        async def op(conn: AsyncConnection) -> tuple[list[CommitResult | Exception], list[Claim]]:
+            return await self._exchange(conn, changes, owner, limit, lease_seconds)
+
+        try:
+            return await self._write(op)
+        except (IntegrityError, DataError):
+            if len(changes) <= 1:
+                if not changes:
+                    raise
+                single = await self._write(
+                    lambda conn: self._exchange(conn, changes, owner, 0, lease_seconds)
+                )
+                return single
+        results: list[CommitResult | Exception] = []
+        for change in changes:
+            try:
+                one, _ = await self._write(
+                    lambda conn, change=change: self._exchange(  # type: ignore[misc]
+                        conn, [change], owner, 0, lease_seconds
                     )
                 )
-            ).first()
-            if found is not None:
-                raise DuplicateAction(change.action_id, found.result)
-        before = await self._load_visits(conn, {vc.visit_id for vc in change.visits}, lock=True)
-        counts = await self._load_counts(conn, job.id)
-        statuses = {k: StepStatus(s) for k, s in row.step_statuses.items()}
-        started = frozenset(row.started_steps)
-        now = await self._db_now(conn)
-        plan = plan_commit(job, before, change, counts, statuses, started, now)
-        await self._write_plan(conn, job, change, plan, before, statuses, started, now)
-        statuses.update(plan.step_statuses)
-        return CommitResult(job.id, job.seq + len(plan.events), plan.job_status, statuses)
+                results.extend(one)
+            except (IntegrityError, DataError) as exc:
+                results.append(exc)
+        _, claims = await self._write(
+            lambda conn: self._exchange(conn, [], owner, limit, lease_seconds)
+        )
+        return results, claims
 
-    async def _write_plan(
+    async def _exchange(
         self,
         conn: AsyncConnection,
-        job: JobRecord,
-        change: ChangeSet,
-        plan: CommitPlan,
-        before: dict[str, VisitRecord],
-        statuses: dict[str, StepStatus],
-        started: frozenset[str],
-        now: float,
-    ) -> None:
+        changes: Sequence[ChangeSet],
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+    ) -> tuple[list[CommitResult | Exception], list[Claim]]:
+        now = await self._db_now(conn)
+        candidates = await self._candidates(conn, limit, now) if limit > 0 else []
+        batch = await self._batch(conn, now, {v.job_id for v in candidates}, changes, candidates)
+        results: list[CommitResult | Exception] = list(batch.apply_each(changes))
+        claimed = batch.claim([v.id for v in candidates], owner, limit, now + lease_seconds)
+        await self._write_batch(conn, batch)
+        claims = await self._claims(conn, batch, claimed) if claimed else []
+        return results, claims
+
+    async def _write_batch(self, conn: AsyncConnection, batch: CommitBatch) -> None:
+        """Write a batch's final rows with one bulk statement per table."""
         t = self.tables
-        infos = {info.key: info for info in job.steps}
-        if change.new_items:
+        if batch.new_items:
             await conn.execute(
                 insert(t.items),
                 [
@@ -425,107 +535,94 @@ class SQLStorage(Storage):
                         "position": i.position,
                         "parent_id": i.parent_id,
                     }
-                    for i in change.new_items
+                    for i in batch.new_items
                 ],
             )
-        new_rows, changed_rows = [], []
-        for visit in plan.visits.values():
-            values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
-            values["status"] = visit.status.value
-            if visit.id in before:
-                changed_rows.append({"b_id": visit.id, **values})
-            else:
-                info = infos[visit.step]
-                new_rows.append(
-                    {
-                        **values,
-                        "id": visit.id,
-                        "job_id": visit.job_id,
-                        "item_id": visit.item_id,
-                        "step": visit.step,
-                        "concurrency": info.concurrency,
-                        "ready": info.runs_work
-                        and (job.auto_process or visit.step in plan.started),
-                    }
+        created, changed = batch.visit_rows()
+        if created:
+            rows = []
+            for visit in created:
+                state = batch.jobs[visit.job_id]
+                values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
+                values.update(
+                    status=visit.status.value,
+                    id=visit.id,
+                    job_id=visit.job_id,
+                    item_id=visit.item_id,
+                    step=visit.step,
+                    concurrency=state.infos[visit.step].concurrency,
+                    ready=state.ready(visit.step),
                 )
-        if new_rows:
-            await conn.execute(insert(t.visits), new_rows)
-        if changed_rows:
+                rows.append(values)
+            await conn.execute(insert(t.visits), rows)
+        if changed:
+            rows = []
+            for visit in sorted(changed, key=lambda vis: vis.id):
+                values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
+                values.update(b_id=visit.id, status=visit.status.value)
+                rows.append(values)
             await conn.execute(
                 update(t.visits)
                 .where(t.visits.c.id == bindparam("b_id"))
                 .values({name: bindparam(name) for name in _VISIT_FIELDS}),
-                changed_rows,
+                rows,
             )
-        newly_started = plan.started - started
-        if newly_started and not job.auto_process:
+        for job_id, steps in batch.newly_started().items():
             await conn.execute(
                 update(t.visits)
-                .where(t.visits.c.job_id == job.id, t.visits.c.step.in_(sorted(newly_started)))
+                .where(t.visits.c.job_id == job_id, t.visits.c.step.in_(sorted(steps)))
                 .values(ready=True)
             )
         await self._add_counts(
             conn,
             t.counts,
-            job.id,
             [
-                ({"step": step, "status": status.value}, delta)
-                for (step, status), delta in plan.count_deltas.items()
+                ({"job_id": job_id, "step": step, "status": status.value}, delta)
+                for (job_id, step, status), delta in batch.count_deltas.items()
                 if delta
             ],
         )
         await self._add_counts(
             conn,
             t.substep_counts,
-            job.id,
             [
-                ({"step": step, "substep": key, "status": status.value}, delta)
-                for (step, key, status), delta in plan.substep_deltas.items()
+                ({"job_id": job_id, "step": step, "substep": key, "status": status.value}, delta)
+                for (job_id, step, key, status), delta in batch.substep_deltas.items()
                 if delta
             ],
         )
-        seq = job.seq
-        if plan.events:
-            rows = []
-            for draft in plan.events:
-                seq += 1
-                rows.append(
-                    {
-                        "job_id": job.id,
-                        "seq": seq,
-                        "type": draft.type,
-                        "at": now,
-                        "actor": change.actor,
-                        "step": draft.step,
-                        "item_id": draft.item_id,
-                        "data": draft.data,
-                    }
-                )
-            await conn.execute(insert(t.events), rows)
-        merged = {k: s.value for k, s in statuses.items()}
-        merged.update({k: s.value for k, s in plan.step_statuses.items()})
-        job_values: dict[str, Any] = {
-            "status": plan.job_status.value,
-            "seq": seq,
-            "updated_at": now,
-            "step_statuses": merged,
-            **plan.job_fields,
-        }
-        if newly_started:
-            job_values["started_steps"] = sorted(plan.started)
-        await conn.execute(update(t.jobs).where(t.jobs.c.id == job.id).values(**job_values))
-        if change.action_id is not None:
+        if batch.events:
+            await conn.execute(insert(t.events), batch.events)
+        jobs = batch.changed_jobs()
+        if jobs:
+            rows = [
+                {
+                    "b_id": state.job.id,
+                    "status": state.job.status.value,
+                    "seq": state.job.seq,
+                    "updated_at": state.job.updated_at,
+                    "started_at": state.job.started_at,
+                    "finished_at": state.job.finished_at,
+                    "item_count": state.job.item_count,
+                    "step_statuses": {k: s.value for k, s in state.statuses.items()},
+                    "started_steps": sorted(state.started),
+                }
+                for state in jobs
+            ]
+            names = [name for name in rows[0] if name != "b_id"]
             await conn.execute(
-                insert(t.actions).values(
-                    job_id=job.id, action_id=change.action_id, result=change.action_result, at=now
-                )
+                update(t.jobs)
+                .where(t.jobs.c.id == bindparam("b_id"))
+                .values({name: bindparam(name) for name in names}),
+                rows,
             )
+        if batch.actions:
+            await conn.execute(insert(t.actions), batch.actions)
 
     async def _add_counts(
         self,
         conn: AsyncConnection,
         table: Any,
-        job_id: str,
         deltas: list[tuple[dict[str, str], int]],
     ) -> None:
         if not deltas:
@@ -536,7 +633,7 @@ class SQLStorage(Storage):
             from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
         # One statement for all counters (rows in key order, so writers lock alike).
         rows = [
-            {"job_id": job_id, "n": delta, **key}
+            {"n": delta, **key}
             for key, delta in sorted(deltas, key=lambda kd: sorted(kd[0].items()))
         ]
         statement = dialect_insert(table).values(rows)
@@ -551,82 +648,66 @@ class SQLStorage(Storage):
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
         if limit <= 0:
             return []
+        return (await self.exchange([], owner, limit, lease_seconds))[1]
+
+    async def _candidates(self, conn: AsyncConnection, limit: int, now: float) -> list[VisitRecord]:
+        """Up to ``limit`` due visits (retries first), locked, skipping locked ones.
+
+        Only a step's ``concurrency`` minus what it has processing may be claimed; this
+        query drops full steps, and the batch counts exactly under the job lock.
+        """
         t = self.tables
         v, j, c = t.visits, t.jobs, t.counts
-
-        async def op(conn: AsyncConnection) -> list[Claim]:
-            now = await self._db_now(conn)
-            running = (
-                select(func.coalesce(func.sum(c.c.n), 0))
-                .where(
-                    c.c.job_id == v.c.job_id,
-                    c.c.step == v.c.step,
-                    c.c.status == ItemStatus.PROCESSING.value,
-                )
-                .scalar_subquery()
+        running = (
+            select(func.coalesce(func.sum(c.c.n), 0))
+            .where(
+                c.c.job_id == v.c.job_id,
+                c.c.step == v.c.step,
+                c.c.status == ItemStatus.PROCESSING.value,
             )
-            due = or_(
-                v.c.status == ItemStatus.AVAILABLE.value,
-                and_(v.c.status == ItemStatus.RETRYING.value, v.c.next_attempt_at <= now),
-            )
-            ranked = (
-                select(
-                    v.c.id,
-                    v.c.position,
-                    func.row_number()
-                    .over(partition_by=(v.c.job_id, v.c.step), order_by=v.c.position)
-                    .label("rank"),
-                    (v.c.concurrency - running).label("room"),
-                )
-                .join(j, j.c.id == v.c.job_id)
-                .where(v.c.ready, due, j.c.status.in_(_ACTIVE))
-                .subquery()
-            )
-            chosen = (
-                select(ranked.c.id)
-                .where(ranked.c.rank <= ranked.c.room)
-                .order_by(ranked.c.position)
-                .limit(limit)
-            )
-            query = select(v).where(v.c.id.in_(chosen))
+            .scalar_subquery()
+        )
+        base = (
+            select(v)
+            .join(j, j.c.id == v.c.job_id)
+            .where(v.c.ready, j.c.status.in_(_ACTIVE), v.c.concurrency > running)
+        )
+        queries = [
+            base.where(
+                v.c.status == ItemStatus.RETRYING.value, v.c.next_attempt_at <= now
+            ).order_by(v.c.next_attempt_at),
+            base.where(v.c.status == ItemStatus.AVAILABLE.value).order_by(v.c.position),
+        ]
+        found: dict[str, VisitRecord] = {}
+        for query in queries:
+            query = query.limit(limit - len(found))
             if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            rows = [self._visit_from_row(r) for r in await conn.execute(query)]
-            by_job: dict[str, list[VisitRecord]] = {}
-            for visit in rows:
-                by_job.setdefault(visit.job_id, []).append(visit)
-            expires = now + lease_seconds
-            claimed: list[VisitRecord] = []
-            for job_id, visits in by_job.items():
-                change = ChangeSet(
-                    job_id,
-                    actor=owner,
-                    visits=[claim_change(v, owner, expires, now) for v in visits],
-                )
-                await self._apply(conn, change)
-                claimed.extend(visits)
-            if not claimed:
-                return []
-            return await self._claims(conn, [vis.id for vis in claimed])
+                query = query.with_for_update(skip_locked=True, of=v)
+            for row in await conn.execute(query):
+                found.setdefault(row.id, self._visit_from_row(row))
+            if len(found) >= limit:
+                break
+        return list(found.values())
 
-        return await self._write(op)
-
-    async def _claims(self, conn: AsyncConnection, visit_ids: list[str]) -> list[Claim]:
+    async def _claims(
+        self, conn: AsyncConnection, batch: CommitBatch, claimed: list[VisitRecord]
+    ) -> list[Claim]:
         t = self.tables
-        visits = await self._load_visits(conn, visit_ids)
-        item_ids = {vis.item_id for vis in visits.values()}
-        job_ids = {vis.job_id for vis in visits.values()}
-        jobs = {}
-        for job_id in job_ids:
-            jobs[job_id] = (await self._load_job(conn, job_id))[0]
+        item_ids = {vis.item_id for vis in claimed}
         items = {
             r.id: self._item_from_row(r)
-            for r in await conn.execute(select(t.items).where(t.items.c.id.in_(item_ids)))
+            for r in await conn.execute(select(t.items).where(t.items.c.id.in_(sorted(item_ids))))
         }
         outputs = await self._outputs(conn, item_ids)
+        jobs = {job_id: batch.job_copy(job_id) for job_id in {vis.job_id for vis in claimed}}
         return [
-            Claim(jobs[vis.job_id], items[vis.item_id], vis, outputs.get(vis.item_id, {}))
-            for vis in (visits[i] for i in visit_ids)
+            Claim(
+                jobs[vis.job_id],
+                items[vis.item_id],
+                dataclasses.replace(vis),
+                outputs.get(vis.item_id, {}),
+            )
+            for vis in claimed
         ]
 
     async def _outputs(
@@ -638,7 +719,7 @@ class SQLStorage(Storage):
             return found
         rows = await conn.execute(
             select(v.c.item_id, v.c.step, v.c.output).where(
-                v.c.item_id.in_(list(item_ids)), v.c.output.is_not(None)
+                v.c.item_id.in_(sorted(item_ids)), v.c.output.is_not(None)
             )
         )
         for item_id, step, output in rows:
@@ -655,7 +736,7 @@ class SQLStorage(Storage):
             now = await self._db_now(conn)
             expires = now + lease_seconds
             kept: set[tuple[str, int]] = set()
-            for visit_id, token in held:
+            for visit_id, token in sorted(held):  # rows in id order, like every writer
                 result = await conn.execute(
                     update(v)
                     .where(
@@ -674,20 +755,31 @@ class SQLStorage(Storage):
         return await self._write(op)
 
     async def release(self, owner: str, held: Sequence[tuple[str, int]]) -> int:
+        if not held:
+            return 0
+
         async def op(conn: AsyncConnection) -> int:
-            visits = await self._load_visits(conn, [visit_id for visit_id, _ in held], lock=True)
+            # Read without locks to learn the jobs, then lock jobs before visits.
+            seen = await self._load_visits(conn, [visit_id for visit_id, _ in held])
+            now = await self._db_now(conn)
+            batch = await self._batch(conn, now, {vis.job_id for vis in seen.values()})
+            for locked in (await self._load_visits(conn, seen, lock=True)).values():
+                batch.add_visit(locked)
             tokens = dict(held)
             released = 0
-            for visit in visits.values():
+            for visit_id in sorted(seen):
+                found = batch.visits.get(visit_id)
                 if (
-                    visit.status is ItemStatus.PROCESSING
-                    and visit.lease_owner == owner
-                    and visit.token == tokens[visit.id]
+                    found is not None
+                    and found.status is ItemStatus.PROCESSING
+                    and found.lease_owner == owner
+                    and found.token == tokens[found.id]
                 ):
-                    await self._apply(
-                        conn, ChangeSet(visit.job_id, actor=owner, visits=[release_change(visit)])
+                    batch.apply(
+                        ChangeSet(found.job_id, actor=owner, visits=[release_change(found)])
                     )
                     released += 1
+            await self._write_batch(conn, batch)
             return released
 
         return await self._write(op)
@@ -700,21 +792,36 @@ class SQLStorage(Storage):
         async def op(conn: AsyncConnection) -> int:
             now = await self._db_now(conn)
             query = (
-                select(v)
+                select(v.c.id, v.c.job_id)
                 .where(v.c.status == ItemStatus.PROCESSING.value, v.c.lease_expires_at < now)
                 .limit(500)
             )
-            if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            expired = [self._visit_from_row(r) for r in await conn.execute(query)]
-            for visit in expired:
-                job, _ = await self._load_job(conn, visit.job_id)
-                delay = retry_delay(job, visit)
+            expired = list(await conn.execute(query))
+            if not expired:
+                return 0
+            batch = await self._batch(conn, now, {row.job_id for row in expired})
+            for locked in (
+                await self._load_visits(conn, [r.id for r in expired], lock=True)
+            ).values():
+                batch.add_visit(locked)
+            rescued = 0
+            for row in expired:
+                visit = batch.visits.get(row.id)
+                if (
+                    visit is None
+                    or visit.status is not ItemStatus.PROCESSING
+                    or visit.lease_expires_at is None
+                    or visit.lease_expires_at >= now
+                ):
+                    continue  # another rescuer or the holder got there first
+                delay = retry_delay(batch.jobs[visit.job_id].job, visit)
                 change = ChangeSet(
                     visit.job_id, actor="rescuer", visits=[rescue_change(visit, delay, now)]
                 )
-                await self._apply(conn, change)
-            return len(expired)
+                batch.apply(change)
+                rescued += 1
+            await self._write_batch(conn, batch)
+            return rescued
 
         return await self._write(op)
 
@@ -746,7 +853,7 @@ class SQLStorage(Storage):
 
         async def op(conn: AsyncConnection) -> JobProgress:
             job, row = await self._load_job(conn, job_id)
-            counts = await self._load_counts(conn, job_id)
+            counts = (await self._load_counts(conn, [job_id]))[job_id]
             subs: dict[str, dict[str, dict[SubStepStatus, int]]] = {}
             for step, key, status, n in await conn.execute(
                 select(s.c.step, s.c.substep, s.c.status, s.c.n).where(s.c.job_id == job_id)

@@ -1,0 +1,248 @@
+"""Group commit: folding many change sets and claims into one transaction, without I/O.
+
+Design decision: the database's commit rate is the ceiling of a storage that commits
+each result on its own, so a storage may apply several change sets — and claim the
+work they make due — in one transaction. It loads the rows they touch once, then plans
+each change in order against the state the earlier ones left, in memory, with the same
+:func:`stepflow._commit.plan_commit` every storage uses. A change whose guard fails is
+refused alone and leaves the state exactly as it found it; the others go on. What
+remains is one set of final rows (items, visits, counters, events, job rows, action ids)
+that the storage writes with a few bulk statements, so a batch of fifty results costs
+about what one did. Nothing is acknowledged before that transaction is durable: the
+results are handed back only after the storage commits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._commit import claim_change, plan_commit
+from ._errors import DuplicateAction, NotFound, StepflowError
+from ._records import ChangeSet, CommitResult, ItemRecord, JobRecord, StepInfo, VisitRecord
+from ._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
+
+__all__ = ["BatchJob", "CommitBatch"]
+
+_ACTIVE = (JobStatus.PENDING, JobStatus.IN_PROGRESS)
+
+
+@dataclass(slots=True)
+class BatchJob:
+    """One job's state inside a batch: its row, counters, step statuses, started steps."""
+
+    job: JobRecord
+    counts: dict[str, Counter[ItemStatus]]
+    statuses: dict[str, StepStatus]
+    started: frozenset[str]
+    started_before: frozenset[str] = frozenset()
+    changed: bool = False
+    infos: dict[str, StepInfo] = field(default_factory=dict)
+
+    def ready(self, step: str) -> bool:
+        """Whether visits at ``step`` may be claimed (the step runs work and is started)."""
+        info = self.infos[step]
+        return info.runs_work and (self.job.auto_process or step in self.started)
+
+
+class CommitBatch:
+    """The state one transaction reads, changes in memory, and writes back once."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.jobs: dict[str, BatchJob] = {}
+        self.visits: dict[str, VisitRecord] = {}  #: current state of every known visit
+        self.stored: set[str] = set()  #: visit ids that exist in the database
+        self.touched: dict[str, None] = {}  #: visit ids changed or created, in order
+        self.new_items: list[ItemRecord] = []
+        self.count_deltas: Counter[tuple[str, str, ItemStatus]] = Counter()
+        self.substep_deltas: Counter[tuple[str, str, str, SubStepStatus]] = Counter()
+        self.events: list[dict[str, Any]] = []
+        self.actions: list[dict[str, Any]] = []
+        self._applied: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+    # -- loading ----------------------------------------------------------------------
+
+    def add_job(
+        self,
+        job: JobRecord,
+        counts: dict[str, Counter[ItemStatus]],
+        statuses: dict[str, StepStatus],
+        started: frozenset[str],
+    ) -> None:
+        self.jobs[job.id] = BatchJob(
+            job,
+            counts,
+            statuses,
+            started,
+            started_before=started,
+            infos={info.key: info for info in job.steps},
+        )
+
+    def add_visit(self, visit: VisitRecord) -> None:
+        """A stored visit as read; a version changed earlier in this batch wins."""
+        if visit.id not in self.visits:
+            self.visits[visit.id] = visit
+            self.stored.add(visit.id)
+
+    def add_action(self, job_id: str, action_id: str, result: dict[str, Any] | None) -> None:
+        """An action id already applied (stored), with its result."""
+        self._applied[(job_id, action_id)] = result
+
+    # -- planning ---------------------------------------------------------------------
+
+    def apply(self, change: ChangeSet, actor: str | None = None) -> CommitResult:
+        """Plan ``change`` against the current state and fold it in.
+
+        Raises what :func:`plan_commit` raises (and ``NotFound``/``DuplicateAction``),
+        in which case the state is exactly as before.
+        """
+        state = self.jobs.get(change.job_id)
+        if state is None:
+            raise NotFound("job", change.job_id)
+        if change.action_id is not None and (change.job_id, change.action_id) in self._applied:
+            raise DuplicateAction(
+                change.action_id, self._applied[(change.job_id, change.action_id)]
+            )
+        job = state.job
+        plan = plan_commit(
+            job, self.visits, change, state.counts, state.statuses, state.started, self.now
+        )
+        for visit_id, visit in plan.visits.items():
+            self.visits[visit_id] = visit
+            self.touched[visit_id] = None
+        for (step, status), delta in plan.count_deltas.items():
+            if delta:
+                state.counts.setdefault(step, Counter())[status] += delta
+                self.count_deltas[(job.id, step, status)] += delta
+        for (step, key, sub_status), delta in plan.substep_deltas.items():
+            if delta:
+                self.substep_deltas[(job.id, step, key, sub_status)] += delta
+        state.statuses.update(plan.step_statuses)
+        state.started = plan.started
+        self.new_items.extend(change.new_items)
+        seq = job.seq
+        for draft in plan.events:
+            seq += 1
+            self.events.append(
+                {
+                    "job_id": job.id,
+                    "seq": seq,
+                    "type": draft.type,
+                    "at": self.now,
+                    "actor": actor or change.actor,
+                    "step": draft.step,
+                    "item_id": draft.item_id,
+                    "data": draft.data,
+                }
+            )
+        job.seq = seq
+        job.status = plan.job_status
+        job.updated_at = self.now
+        for name, value in plan.job_fields.items():
+            setattr(job, name, value)
+        if change.action_id is not None:
+            self._applied[(job.id, change.action_id)] = change.action_result
+            self.actions.append(
+                {
+                    "job_id": job.id,
+                    "action_id": change.action_id,
+                    "result": change.action_result,
+                    "at": self.now,
+                }
+            )
+        state.changed = True
+        return CommitResult(job.id, seq, plan.job_status, dict(state.statuses))
+
+    def apply_each(self, changes: Iterable[ChangeSet]) -> list[CommitResult | StepflowError]:
+        """Apply each change on its own: a refused one is returned, not raised."""
+        results: list[CommitResult | StepflowError] = []
+        for change in changes:
+            try:
+                results.append(self.apply(change))
+            except StepflowError as exc:
+                results.append(exc)
+        return results
+
+    def claim(
+        self, candidates: Iterable[str], owner: str, limit: int, expires: float
+    ) -> list[VisitRecord]:
+        """Claim up to ``limit`` due visits: ``candidates`` (stored ids, in order), then
+        visits this batch made available. Checks job status, readiness and each step's
+        concurrency against the state as this batch left it."""
+        if limit <= 0:
+            return []
+        pool = list(candidates)
+        pool.extend(
+            visit_id
+            for visit_id in self.touched
+            if self.visits[visit_id].status is ItemStatus.AVAILABLE
+        )
+        picked: dict[str, list[VisitRecord]] = {}
+        taking: Counter[tuple[str, str]] = Counter()
+        seen: set[str] = set()
+        taken = 0
+        for visit_id in pool:
+            if taken >= limit:
+                break
+            if visit_id in seen:
+                continue
+            seen.add(visit_id)
+            visit = self.visits[visit_id]
+            state = self.jobs.get(visit.job_id)
+            if state is None or state.job.status not in _ACTIVE:
+                continue
+            due = visit.status is ItemStatus.AVAILABLE or (
+                visit.status is ItemStatus.RETRYING
+                and visit.next_attempt_at is not None
+                and visit.next_attempt_at <= self.now
+            )
+            if not due or not state.ready(visit.step):
+                continue
+            key = (visit.job_id, visit.step)
+            processing = state.counts.get(visit.step, Counter())[ItemStatus.PROCESSING]
+            if processing + taking[key] >= state.infos[visit.step].concurrency:
+                continue
+            taking[key] += 1
+            picked.setdefault(visit.job_id, []).append(visit)
+            taken += 1
+        claimed: list[VisitRecord] = []
+        for job_id, visits in picked.items():
+            change = ChangeSet(
+                job_id,
+                actor=owner,
+                visits=[claim_change(v, owner, expires, self.now) for v in visits],
+            )
+            self.apply(change)  # every guard was checked above
+            claimed.extend(self.visits[v.id] for v in visits)
+        return claimed
+
+    # -- what to write ----------------------------------------------------------------
+
+    def visit_rows(self) -> tuple[list[VisitRecord], list[VisitRecord]]:
+        """The final state of (created, changed) visits."""
+        created: list[VisitRecord] = []
+        changed: list[VisitRecord] = []
+        for visit_id in self.touched:
+            visit = self.visits[visit_id]
+            (changed if visit_id in self.stored else created).append(visit)
+        return created, changed
+
+    def newly_started(self) -> dict[str, frozenset[str]]:
+        """Per job, the steps started by hand in this batch (their stored visits get ready)."""
+        return {
+            job_id: state.started - state.started_before
+            for job_id, state in self.jobs.items()
+            if state.started != state.started_before and not state.job.auto_process
+        }
+
+    def changed_jobs(self) -> list[BatchJob]:
+        """Jobs whose row must be written, in id order."""
+        return [self.jobs[k] for k in sorted(self.jobs) if self.jobs[k].changed]
+
+    def job_copy(self, job_id: str) -> JobRecord:
+        """A detached copy of the job's current row (for claims handed to workers)."""
+        return dataclasses.replace(self.jobs[job_id].job)

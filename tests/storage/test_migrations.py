@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from stepflow import InvalidInput, StepflowError
@@ -25,7 +24,7 @@ from stepflow.storage.sql.migrate import (
     MIGRATIONS_DIR,
     SchemaTooNew,
     check_schema,
-    check_schema_async,
+    check_schema_on,
     current_revision,
     sync_url,
     upgrade,
@@ -189,25 +188,19 @@ def test_never_migrated_database_has_no_revision(tmp_path: Path) -> None:
     assert check_schema(str(tmp_path / "empty.db")) is None
 
 
-@pytest.mark.anyio
-async def test_check_schema_async(tmp_path: Path) -> None:
-    """The async check reads the revision on an open aiosqlite connection."""
-    path = tmp_path / "async.db"
+def test_check_schema_on_an_open_connection(tmp_path: Path) -> None:
+    """The check on an open connection reads the revision and refuses a newer one."""
+    path = tmp_path / "open.db"
     upgrade(str(path))
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    engine = sa.create_engine(f"sqlite:///{path}")
     try:
-        async with engine.connect() as conn:
-            assert await check_schema_async(conn) == HEAD
+        with engine.connect() as conn:
+            assert check_schema_on(conn) == HEAD
+        _stamp(f"sqlite:///{path}", None, "0999")
+        with engine.connect() as conn, pytest.raises(SchemaTooNew, match="0999"):
+            check_schema_on(conn)
     finally:
-        await engine.dispose()
-    _stamp(f"sqlite:///{path}", None, "0999")
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        async with engine.connect() as conn:
-            with pytest.raises(SchemaTooNew, match="0999"):
-                await check_schema_async(conn)
-    finally:
-        await engine.dispose()
+        engine.dispose()
 
 
 @pytest.mark.parametrize("field", ["prefix", "schema"])

@@ -27,7 +27,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateSchema
 
 from ..._errors import InvalidInput
@@ -37,7 +36,7 @@ __all__ = [
     "HEAD",
     "SchemaTooNew",
     "check_schema",
-    "check_schema_async",
+    "check_schema_on",
     "current_revision",
     "sync_url",
     "upgrade",
@@ -131,12 +130,12 @@ def check_schema(url: str, *, prefix: str = "stepflow_", schema: str | None = No
     return revision
 
 
-async def check_schema_async(
-    conn: AsyncConnection, *, prefix: str = "stepflow_", schema: str | None = None
+def check_schema_on(
+    conn: Connection, *, prefix: str = "stepflow_", schema: str | None = None
 ) -> str | None:
-    """:func:`check_schema` on an open async connection (for ``SQLStorage.start``)."""
+    """:func:`check_schema` on an open connection (for ``SQLStorage.start``)."""
     build_tables(prefix, schema)
-    revision = await conn.run_sync(_read_revision, prefix, schema)
+    revision = _read_revision(conn, prefix, schema)
     _refuse_unknown(revision)
     return revision
 

@@ -463,37 +463,46 @@ class SQLStorage(Storage):
 
         def op(conn: Connection) -> tuple[JobRecord, bool]:
             if job.idempotency_key is not None:
-                existing = (
-                    conn.execute(
-                        select(t.jobs.c.id).where(t.jobs.c.idempotency_key == job.idempotency_key)
-                    )
-                ).first()
+                query = self._stmt(
+                    "job-by-key",
+                    lambda: select(t.jobs.c.id).where(t.jobs.c.idempotency_key == bindparam("key")),
+                )
+                existing = conn.execute(query, {"key": job.idempotency_key}).first()
                 if existing is not None:
                     return (self._load_job(conn, existing.id))[0], False
-            conn.execute(
-                insert(t.jobs).values(
-                    id=job.id,
-                    pipeline=job.pipeline,
-                    version=job.version,
-                    definition_hash=job.definition_hash,
-                    definition=job.definition,
-                    steps=[[s.key, s.runs_work, s.concurrency] for s in job.steps],
-                    status=job.status.value,
-                    auto_process=job.auto_process,
-                    metadata=job.metadata,
-                    idempotency_key=job.idempotency_key,
-                    created_by=job.created_by,
-                    created_at=job.created_at,
-                    updated_at=job.updated_at,
-                    seq=0,
-                    item_count=0,
-                    started_steps=[],
-                    step_statuses={k: s.value for k, s in initial_step_statuses(job).items()},
-                )
-            )
-            self._definition_cache.setdefault(job.definition_hash, job.definition)
-            batch = self._batch(conn, self._db_now(conn), [job.id], [change])
+            # A new job's row, counters and statuses are known: plan the change on them
+            # and insert the job's final row once (no read-back, no second write).
+            batch = CommitBatch(self._db_now(conn))
+            batch.add_job(dataclasses.replace(job), {}, initial_step_statuses(job), frozenset())
             batch.apply(change)
+            state = batch.jobs[job.id]
+            final = state.job
+            conn.execute(
+                self._stmt("insert-job", lambda: insert(t.jobs)),
+                {
+                    "id": final.id,
+                    "pipeline": final.pipeline,
+                    "version": final.version,
+                    "definition_hash": final.definition_hash,
+                    "definition": final.definition,
+                    "steps": [[s.key, s.runs_work, s.concurrency] for s in final.steps],
+                    "status": final.status.value,
+                    "auto_process": final.auto_process,
+                    "metadata": final.metadata,
+                    "idempotency_key": final.idempotency_key,
+                    "created_by": final.created_by,
+                    "created_at": final.created_at,
+                    "updated_at": final.updated_at,
+                    "started_at": final.started_at,
+                    "finished_at": final.finished_at,
+                    "seq": final.seq,
+                    "item_count": final.item_count,
+                    "started_steps": sorted(state.started),
+                    "step_statuses": {k: s.value for k, s in state.statuses.items()},
+                },
+            )
+            state.changed = False  # its row is written whole above
+            self._definition_cache.setdefault(job.definition_hash, job.definition)
             self._write_batch(conn, batch)
             return batch.job_copy(job.id), True
 

@@ -33,7 +33,9 @@ from ..._errors import InvalidInput
 __all__ = ["IDENTIFIER_PATTERN", "Tables", "build_tables"]
 
 IDENTIFIER_PATTERN = r"^[a-z_][a-z0-9_]{0,40}$"
-_JSON = JSON().with_variant(JSONB(), "postgresql")
+# ``None`` is stored as SQL NULL, not as the JSON text ``null``: nothing to serialise or
+# parse for the many empty values on the hot path, and ``IS NULL`` means "no value".
+_JSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 def _check(name: str, value: str, allow_empty: bool = False) -> None:

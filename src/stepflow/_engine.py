@@ -118,6 +118,8 @@ class Engine:
         self.draining = False  #: set by :meth:`drain`: claim nothing new
         self._idle: anyio.Event | None = None
         self.writes = 0  #: storage exchanges made (for benchmarks and tests)
+        self._failures = 0  #: storage writes failed in a row (the database is away)
+        self._dispatching = False  #: the dispatcher runs and takes changes
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -133,16 +135,17 @@ class Engine:
             tg.start_soon(self._heartbeat)
             tg.start_soon(self._flush_progress)
             task_status.started()
+            self._dispatching = True
             try:
                 await self._dispatch(send)
             finally:
+                self._dispatching = False
                 with anyio.CancelScope(shield=True):
                     await self._flush_at_exit()
 
     # -- the one writer -------------------------------------------------------------
 
     async def _dispatch(self, send: MemoryObjectSendStream[Claim]) -> None:
-        failures = 0
         while True:
             writes, self._outbox = self._outbox, []
             self._wake = anyio.Event()
@@ -158,12 +161,12 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - the database went away: back off
                 self._writing = 0
                 self._outbox[:0] = writes  # offer them again, first, in the same order
-                failures += 1
-                delay = min(2.0, 0.05 * 2 ** min(failures, 6))
+                self._failures += 1
+                delay = min(2.0, 0.05 * 2 ** min(self._failures, 6))
                 log.warning("storage write failed (%s); retrying in %.2f s", exc, delay)
                 await anyio.sleep(delay)
                 continue
-            failures = 0
+            self._failures = 0
             self.writes += 1
             self._writing = 0
             self._settle(writes, results)
@@ -224,6 +227,19 @@ class Engine:
     def _hand_in(self, write: _Write) -> None:
         self._outbox.append(write)
         self._wake.set()
+
+    async def commit(self, change: ChangeSet) -> CommitResult:
+        """Commit ``change``, with the work it makes due claimed in the same write.
+
+        For a person's action in a process that runs workers: the dispatcher's next
+        exchange applies it and hands what it released straight to a free worker, so
+        no second transaction (nor a wake-up) stands between the action and the work.
+        Falls back to a plain storage commit while the dispatcher is not running or
+        the database is failing (the caller then sees the error at once).
+        """
+        if not self._dispatching or self._failures:
+            return await self.storage.commit(change)
+        return await self._commit(change)
 
     async def _commit(self, change: ChangeSet) -> CommitResult:
         """Commit ``change`` through the dispatcher's next write; raise if refused."""

@@ -555,7 +555,7 @@ class Orchestrator:
                 ),
             )
             try:
-                result = await self.storage.commit(change)
+                result = await self.engine.commit(change)
             except DuplicateAction as dup:
                 return self._duplicate(action, job_id, action_id, dup.result or {}, job.seq)
             except StaleWrite:

@@ -64,6 +64,13 @@ class _Abandoned(Exception):
     """The visit's lease was lost or its job cancelled while sub-steps ran."""
 
 
+def _brief(exc: BaseException) -> str:
+    """The error's type and first line: never its SQL, parameters or a connection URL."""
+    cause = getattr(exc, "orig", None) or exc  # a driver error wrapped by SQLAlchemy
+    first = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {first[0] if first else ''}"
+
+
 @dataclass(slots=True, eq=False)
 class _Write:
     """A change handed to the dispatcher; ``done`` is set once its result is known."""
@@ -109,7 +116,7 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
-        self.rate_limiter = RateLimiter(clock)
+        self.rate_limiter = RateLimiter.for_storage(storage, clock)
         self.running: dict[tuple[str, int], _Running] = {}  #: by (visit id, token)
         self._busy = 0  #: claims handed to workers whose result is not yet handed back
         self._outbox: list[_Write] = []  #: changes waiting for the dispatcher's next write
@@ -163,7 +170,7 @@ class Engine:
                 self._outbox[:0] = writes  # offer them again, first, in the same order
                 self._failures += 1
                 delay = min(2.0, 0.05 * 2 ** min(self._failures, 6))
-                log.warning("storage write failed (%s); retrying in %.2f s", exc, delay)
+                log.warning("storage write failed (%s); retrying in %.2f s", _brief(exc), delay)
                 await anyio.sleep(delay)
                 continue
             self._failures = 0
@@ -219,8 +226,8 @@ class Engine:
             results, _ = await self.storage.exchange(
                 [w.change for w in writes], self.owner, 0, self.lease_seconds
             )
-        except Exception:  # leases expire and the work is rescued
-            log.exception("could not write %d results at shutdown", len(writes))
+        except Exception as exc:  # noqa: BLE001 - leases expire and the work is rescued
+            log.error("could not write %d results at shutdown (%s)", len(writes), _brief(exc))
             return
         self._settle(writes, results)
 
@@ -284,7 +291,7 @@ class Engine:
             except StepflowError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database went away: next beat
-                log.warning("heartbeat failed (%s); trying again next beat", exc)
+                log.warning("heartbeat failed (%s); trying again next beat", _brief(exc))
 
     async def _flush_progress(self) -> None:
         while True:

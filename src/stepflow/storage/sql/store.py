@@ -171,6 +171,21 @@ class SQLStorage(Storage):
         json_columns = frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
         return sql, names, json_columns
 
+    def _raw_visit_update(self) -> tuple[str, frozenset[str]]:
+        """``UPDATE visits SET <every visit field> WHERE id = ?`` for the driver."""
+        visits = self.tables.visits
+        preparer = self.engine.dialect.identifier_preparer
+        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        assignments = ", ".join(f"{preparer.quote(name)} = {marker}" for name in _VISIT_FIELDS)
+        sql = (
+            f"UPDATE {preparer.format_table(visits)} SET {assignments} "
+            f"WHERE {preparer.quote('id')} = {marker}"
+        )
+        json_columns = frozenset(
+            name for name in _VISIT_FIELDS if isinstance(visits.c[name].type, JSON)
+        )
+        return sql, json_columns
+
     def _encode_json(self, value: Any) -> Any:
         if value is None:
             return None  # SQL NULL, as the JSON columns store it (``none_as_null``)
@@ -666,20 +681,21 @@ class SQLStorage(Storage):
                 rows.append(values)
             self._insert_many(conn, t.visits, rows)
         if changed:
-            rows = []
+            sql, json_columns = self._stmt("raw-update-visits", self._raw_visit_update)
+            encode = self._encode_json
+            params = []
             for visit in sorted(changed, key=lambda vis: vis.id):
-                values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
-                values.update(b_id=visit.id, status=visit.status.value)
-                rows.append(values)
-            query = self._stmt(
-                "update-visits",
-                lambda: (
-                    update(t.visits)
-                    .where(t.visits.c.id == bindparam("b_id"))
-                    .values({name: bindparam(name) for name in _VISIT_FIELDS})
-                ),
-            )
-            conn.execute(query, rows)
+                row: list[Any] = []
+                for name in _VISIT_FIELDS:
+                    value = getattr(visit, name)
+                    if name in json_columns:
+                        value = encode(value)
+                    elif name == "status":
+                        value = value.value
+                    row.append(value)
+                row.append(visit.id)
+                params.append(tuple(row))
+            conn.exec_driver_sql(sql, params)
         for job_id, steps in batch.newly_started().items():
             conn.execute(
                 update(t.visits)
@@ -1100,6 +1116,15 @@ class SQLStorage(Storage):
             return found
 
         return await self._read(op)
+
+    def limiter(self, clock: Clock | None = None, **options: Any) -> Any:
+        """A :class:`~stepflow.storage.sql.limits.SQLLimiter`: rate limits and
+        concurrency caps held in this database, for every process sharing it (an
+        orchestrator on this storage uses it by default)."""
+        from ..._clock import SystemClock
+        from .limits import SQLLimiter
+
+        return SQLLimiter(self, clock or self.clock or SystemClock(), **options)
 
 
 def _normalise_url(url: str) -> str:

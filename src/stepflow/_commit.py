@@ -198,7 +198,10 @@ def plan_commit(
         plan.events.append(EventDraft("item.status", visit.step, visit.item_id, data))
         for key, state in visit.substeps.items():
             plan.substep_deltas[(visit.step, key, SubStepStatus(state["status"]))] += 1
-    _derive(plan, job, change, counts, statuses, now)
+    moved = (
+        change.job_status is not None or plan.started != started or any(plan.count_deltas.values())
+    )
+    _derive(plan, job, change, counts, statuses, now, moved)
     return plan
 
 
@@ -233,7 +236,13 @@ def _derive(
     counts: StepCounts,
     statuses: Mapping[str, StepStatus],
     now: float,
+    moved: bool,
 ) -> None:
+    if not moved:
+        # Nothing that statuses derive from has moved (a sub-step saved, progress
+        # reported): the stored statuses are already what derivation would give.
+        plan.job_status = job.status
+        return
     after_counts: dict[str, Mapping[ItemStatus, int]] = {
         info.key: counts.get(info.key, {}) for info in job.steps
     }

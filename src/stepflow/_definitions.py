@@ -92,11 +92,33 @@ class RetryPolicy(_Data):
 
 
 class RateLimit(_Data):
-    """At most ``calls`` starts per ``per_seconds``, shared by every user of ``key``."""
+    """Limits on a handler's calls, shared by every user of ``key`` (default: the handler).
 
-    calls: int = Field(gt=0)
-    per_seconds: float = Field(gt=0)
+    ``calls`` per ``per_seconds``: at most that many calls start in any window of that
+    many seconds. ``concurrency``: at most that many calls run at once. Give the rate,
+    the cap, or both. With the SQL storage they hold across every process sharing the
+    database; otherwise within one process.
+    """
+
+    calls: int | None = Field(None, gt=0, le=100_000)
+    per_seconds: float | None = Field(None, gt=0)
+    concurrency: int | None = Field(None, gt=0, le=10_000)
     key: Key | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if (self.calls is None) != (self.per_seconds is None):
+            missing = "per_seconds" if self.per_seconds is None else "calls"
+            given = "calls" if missing == "per_seconds" else "per_seconds"
+            raise PydanticCustomError(
+                "rate_limit",
+                f"{missing} is missing: {given} needs it (a rate is calls per seconds)",
+            )
+        if self.calls is None and self.concurrency is None:
+            raise PydanticCustomError(
+                "rate_limit", "give calls and per_seconds, concurrency, or both"
+            )
+        return self
 
 
 def _check_shorthand(value: Any) -> Any:

@@ -29,12 +29,13 @@ from ._handlers import ErrorClassifier, Handlers
 from ._jsonsafe import check_json
 from ._models import ActionRequest, ActionResult, Actor, Event, Item, ItemPage, Job, Snapshot
 from ._planning import arrive, new_item
+from ._ratelimit import CallPermits, ReleasingExecutor
 from ._records import ChangeSet, EventDraft, JobRecord, StepInfo
 from ._snapshot import build_snapshot, job_view
 from ._states import JOB_TERMINAL, ItemStatus, JobStatus, StepStatus
-from .brokers.local import LocalEventBroker
+from .brokers import RelayBroker, default_broker
 from .executors.inprocess import InProcessExecutor
-from .ports import Clock, EventBroker, Executor, Storage
+from .ports import Clock, EventBroker, Executor, Limiter, Storage
 from .storage.memory import MemoryStorage
 
 __all__ = ["ItemInput", "Orchestrator"]
@@ -77,6 +78,12 @@ class Orchestrator:
     action (``False`` raises :class:`PermissionDenied`); without it every action is
     allowed. ``run_workers=False`` makes an orchestrator that only reads and acts
     (for a web process when workers run elsewhere).
+
+    ``broker`` defaults to one that reaches every process on the storage's database
+    (PostgreSQL LISTEN/NOTIFY, Unix datagrams beside a SQLite file); ``limiter`` to the
+    storage's own (rate limits and concurrency caps held in the SQL database), else an
+    in-process one. ``poll_interval="auto"`` looks at the storage every 2 s with such a
+    broker (only a lost notification waits that long), every second without one.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class Orchestrator:
         clock: Clock | None = None,
         broker: EventBroker | None = None,
         executor: Executor | None = None,
+        limiter: Limiter | None = None,
         classifier: ErrorClassifier | None = None,
         max_concurrency: int = 64,
         lease_seconds: float = 30.0,
@@ -102,22 +110,27 @@ class Orchestrator:
         self.clock: Clock = clock or getattr(storage, "clock", None) or SystemClock()
         self.storage: Storage = storage or MemoryStorage(self.clock)
         self.handlers = handlers or Handlers()
-        self.broker: EventBroker = broker or LocalEventBroker()
+        self.broker: EventBroker = broker or default_broker(self.storage)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._authorize_hook = authorize
         self._run_workers = run_workers
         self._pipelines: dict[str, Pipeline] = {}
         self._by_hash: dict[str, Pipeline] = {}
         self._stack: AsyncExitStack | None = None
-        self.clock.on_advance(self.broker.publish_work)
+        relay = self.broker if isinstance(self.broker, RelayBroker) else None
+        # A fake clock's jump concerns this process only: wake it without a broadcast.
+        self.clock.on_advance(relay.local.publish_work if relay else self.broker.publish_work)
         if poll_interval == "auto":
-            # Other processes can change a shared database: look every second as well.
-            poll_interval = None if isinstance(self.storage, MemoryStorage) else 1.0
+            # Other processes can change a shared database: look now and then as well,
+            # rarely when they notify us, every second when they cannot.
+            shared = not isinstance(self.storage, MemoryStorage)
+            poll_interval = (relay.fallback_poll if relay else 1.0) if shared else None
         self.engine = Engine(
             storage=self.storage,
             handlers=self.handlers,
             classifier=classifier or ErrorClassifier(),
-            executor=executor or InProcessExecutor(),
+            # Hands a call's concurrency slot back the moment the call ends.
+            executor=ReleasingExecutor(executor or InProcessExecutor()),
             broker=self.broker,
             clock=self.clock,
             owner=self.owner,
@@ -126,6 +139,9 @@ class Orchestrator:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
         )
+        if limiter is not None:
+            self.engine.rate_limiter = CallPermits(limiter)
+        self.limiter: Limiter = self.engine.rate_limiter
         self._planner = ActionPlanner(self)
         for pipeline in pipelines:
             self.register(pipeline)
@@ -138,6 +154,14 @@ class Orchestrator:
         try:
             await self.storage.start()
             stack.push_async_callback(self.storage.aclose)
+            await self.limiter.start()
+            stack.push_async_callback(self.limiter.aclose)
+            # A broker with a lifecycle (one that reaches other processes) is started
+            # and stopped with the orchestrator, like the storage.
+            start_broker = getattr(self.broker, "start", None)
+            if callable(start_broker):
+                await start_broker()
+                stack.push_async_callback(self.broker.aclose)  # type: ignore[attr-defined]
             if self._run_workers:
                 tg = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(tg.cancel_scope.cancel)

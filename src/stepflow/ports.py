@@ -1,9 +1,10 @@
-"""The ports: what the orchestrator needs from storage, executor, event broker and clock.
+"""The ports: what the orchestrator needs from storage, executor, broker, clock and limiter.
 
-Design decision: these four abstract classes are the whole seam between stepflow's
+Design decision: these five abstract classes are the whole seam between stepflow's
 core and the world. The orchestrator holds no state a crash could lose: it reads and
 writes through :class:`Storage`; it runs host code through :class:`Executor`; it learns
-that something changed through :class:`EventBroker`; it asks :class:`Clock` the time.
+that something changed through :class:`EventBroker`; it asks :class:`Clock` the time;
+it asks :class:`Limiter` for a :class:`Permit` before a rate-limited or capped call.
 Each method's docstring is its contract; ``stepflow.testing`` has the in-memory
 implementations and (for storages) a contract suite any implementation must pass.
 """
@@ -11,9 +12,12 @@ implementations and (for storages) a contract suite any implementation must pass
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, Self
 
+import anyio
+
+from ._definitions import RateLimit
 from ._errors import StepflowError
 from ._records import (
     ChangeSet,
@@ -37,6 +41,8 @@ __all__ = [
     "ItemRecord",
     "JobProgress",
     "JobRecord",
+    "Limiter",
+    "Permit",
     "Storage",
     "VisitRecord",
 ]
@@ -288,3 +294,75 @@ class Clock(ABC):
 
     def on_advance(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever time jumps (a fake clock); real clocks ignore it."""
+
+
+class Permit:
+    """One call's right to run under a :class:`~stepflow.RateLimit`, until released.
+
+    ``turn`` is when the call was allowed to start (the limiter's clock: the database
+    clock for SQL); ``waited`` is how long :meth:`Limiter.acquire` waited (seconds).
+    :meth:`release` gives back a concurrency slot (nothing else to give back for a rate);
+    calling it again does nothing. ``async with permit:`` releases on the way out.
+    """
+
+    __slots__ = ("_release", "key", "turn", "waited")
+
+    def __init__(
+        self,
+        key: str,
+        turn: float,
+        waited: float,
+        release: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.key = key
+        self.turn = turn
+        self.waited = waited
+        self._release = release
+
+    @property
+    def released(self) -> bool:
+        return self._release is None
+
+    async def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.release()
+
+
+class Limiter(ABC):
+    """Rate limits and concurrency caps on handler calls, per key.
+
+    Contract, for every implementation:
+
+    * :meth:`acquire` judges ``limit`` under the key ``limit.key or default_key``; every
+      user of the limiter's scope (one process in memory, every process sharing the
+      database for SQL) shares a key.
+    * Rate (``calls`` per ``per_seconds``): in any window of ``per_seconds``, at most
+      ``calls`` acquires of a key return, counted from the moment each one is allowed to
+      start. A caller whose turn is later sleeps until then; it never busy-polls.
+    * Concurrency (``concurrency``): at most that many permits of a key are unreleased at
+      once. The slot is taken before the rate is judged, so a call waiting for a slot
+      does not use up a rate turn. A holder that vanishes without releasing (a crashed
+      process) gives its slot back once its lease, renewed while it lives, expires.
+    * A cancelled :meth:`acquire` holds nothing afterwards.
+    * Time is the limiter's clock (the database clock for SQL), so a fake clock can
+      step a "one call per 60 s" limit in a test.
+    """
+
+    async def start(self) -> None:
+        """Prepare (connections, background renewal). Called once before any acquire."""
+
+    async def aclose(self) -> None:
+        """Give back every permit still held; the limiter is not used afterwards."""
+
+    @abstractmethod
+    async def acquire(self, limit: RateLimit, default_key: str) -> Permit:
+        """Wait until a call under ``limit`` may start; return its :class:`Permit`."""

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.schema import CreateSchema
 
 from ..._errors import InvalidInput
+from ._pragmas import prepare_sqlite
 from .tables import build_tables
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 #: The newest revision this version of stepflow knows (and ``upgrade`` goes to).
-HEAD = "0001"
+HEAD = "0002"
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -151,7 +152,8 @@ def _engine(url: str, busy_timeout: float = 120.0) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # transactions are ours, DDL included
+        # WAL from the first migration on; transactions are ours, DDL included.
+        prepare_sqlite(dbapi_connection, busy_timeout)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:

@@ -26,7 +26,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -60,7 +60,11 @@ from ..._records import (
 )
 from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 from ...ports import Clock, JobProgress, Storage
+from ._pragmas import prepare_sqlite
 from .tables import Tables, build_tables
+
+if TYPE_CHECKING:
+    from .limits import SQLLimiter
 
 __all__ = ["SQLStorage", "redact_url"]
 
@@ -246,20 +250,11 @@ class SQLStorage(Storage):
                 self.url, pool_pre_ping=True, pool_size=self._threads, max_overflow=2
             )
         engine = create_engine(self.url, pool_size=self._threads, max_overflow=2)
-        timeout_ms = int(self._busy_timeout * 1000)
+        busy_timeout = self._busy_timeout
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            for pragma in (
-                "journal_mode=WAL",
-                "synchronous=FULL",
-                f"busy_timeout={timeout_ms}",
-                "foreign_keys=ON",
-            ):
-                cursor.execute(f"PRAGMA {pragma}")
-            cursor.close()
+            prepare_sqlite(dbapi_connection, busy_timeout)
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
@@ -1117,7 +1112,7 @@ class SQLStorage(Storage):
 
         return await self._read(op)
 
-    def limiter(self, clock: Clock | None = None, **options: Any) -> Any:
+    def limiter(self, clock: Clock | None = None, **options: Any) -> SQLLimiter:
         """A :class:`~stepflow.storage.sql.limits.SQLLimiter`: rate limits and
         concurrency caps held in this database, for every process sharing it (an
         orchestrator on this storage uses it by default)."""

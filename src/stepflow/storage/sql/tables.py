@@ -57,6 +57,8 @@ class Tables:
     substep_counts: Table
     events: Table
     actions: Table
+    limits: Table
+    limit_slots: Table
     prefix: str
     schema: str | None
 
@@ -175,4 +177,34 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("result", _JSON, nullable=True),
         Column("at", Float, nullable=False),
     )
-    return Tables(md, jobs, items, visits, counts, substep_counts, events, actions, prefix, schema)
+    # Global limits (stepflow.storage.sql.limits): a row per key with the recent start
+    # times of its rate limit, and a row per concurrency slot with its holder's lease.
+    limits = Table(
+        f"{p}limits",
+        md,
+        Column("key", String(128), primary_key=True),
+        Column("starts", _JSON, nullable=False),
+        Column("updated_at", Float, nullable=False),
+    )
+    limit_slots = Table(
+        f"{p}limit_slots",
+        md,
+        Column("key", String(128), primary_key=True),
+        Column("slot", Integer, primary_key=True, autoincrement=False),
+        Column("holder", String(128), nullable=True),
+        Column("expires_at", Float, nullable=True),
+    )
+    return Tables(
+        md,
+        jobs,
+        items,
+        visits,
+        counts,
+        substep_counts,
+        events,
+        actions,
+        limits,
+        limit_slots,
+        prefix,
+        schema,
+    )

@@ -10,20 +10,29 @@ Run: ``.venv/bin/python benchmarks/bench_transitions.py [--backend memory|sqlite
 [--repeat 3] [--items N] [--jobs N]``. SQLite runs on a fresh file (WAL, synchronous=FULL);
 PostgreSQL in a fresh schema of ``--postgres-url``. Prints the median and min-max of the
 repetitions, with one process and its in-process workers. This is a benchmark, not a test.
+
+Design decision: a one-file check of the transition rate for a quick look while working
+on the engine, with none of the suite's machinery (no child processes, budgets or
+peers); the suite's W1 and W2 (``suite.py``) are the reference figures. Every run gets
+a new database, removed when it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from _databases import drop_schema
 from stepflow import Handlers, JobStatus, Orchestrator, Pipeline
 from stepflow.ports import Storage
 
@@ -43,20 +52,30 @@ async def noop(ctx: Any) -> None:
     return None
 
 
-def make_storage(backend: str, postgres_url: str) -> Storage | None:
+@contextmanager
+def fresh_storage(backend: str, postgres_url: str) -> Iterator[Storage | None]:
+    """A storage on a new SQLite file or PostgreSQL schema, removed afterwards."""
     if backend == "memory":
-        return None
+        yield None
+        return
     from stepflow.storage.sql import SQLStorage
 
     if backend == "sqlite":
         folder = Path(tempfile.mkdtemp(prefix="stepflow-bench-"))
-        return SQLStorage(str(folder / "bench.db"))
+        try:
+            yield SQLStorage(str(folder / "bench.db"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     import psycopg
 
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-    return SQLStorage(postgres_url, schema=schema)
+    try:
+        yield SQLStorage(postgres_url, schema=schema)
+    finally:
+        drop_schema(postgres_url, schema)
 
 
 async def run(
@@ -100,7 +119,8 @@ def main() -> None:
     name = args.backend
 
     def once(jobs: int, items: int) -> float:
-        return anyio.run(run, jobs, items, make_storage(name, args.postgres_url), args.workers)
+        with fresh_storage(name, args.postgres_url) as storage:
+            return anyio.run(run, jobs, items, storage, args.workers)
 
     batch = [once(1, args.items) for _ in range(args.repeat)]
     report(f"{name} batch: 1 job x {args.items:,} items x {STEPS} steps", batch)

@@ -106,6 +106,7 @@ class Case:
     guess_rate: float = 1000.0  #: per second, for the time estimate without history
     group: str | None = None  #: cases doing the same work, e.g. "W3/sqlite-same"
     may_shorten: bool = False  #: a slow peer case that may run once to fit the time target
+    once: str | None = None  #: why this case runs once in every mode (a scale check)
 
 
 def rate(result: dict[str, Any]) -> float:

@@ -74,6 +74,10 @@ def schedule(
     """Repetitions per case, shortening only ``may_shorten`` peer cases to meet ``target_s``."""
     per_run = {case.key: estimate_one(case, past) for case in cases}
     plan = Schedule({case.key: sizes.repeat for case in cases}, per_run)
+    for case in cases:
+        if case.once and sizes.repeat > 1:
+            plan.repeats[case.key] = 1
+            plan.notes.append(f"{case.key} runs once: {case.once}")
     if target_s and sizes.repeat > 1:
         slow_first = sorted(
             (case for case in cases if case.peer and case.may_shorten),

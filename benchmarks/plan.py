@@ -135,6 +135,7 @@ def _w2(s: Sizes) -> list[Case]:
             ),
             work=s.w2_scale_items * STEPS,
             guess_rate={"memory": 5000.0}.get(backend, 1000.0),
+            once="it shows time and peak memory at scale; W2 gives the rate's median",
         )
         for backend in ("memory", "sqlite")
     )

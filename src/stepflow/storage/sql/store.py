@@ -34,7 +34,6 @@ from sqlalchemy import (
     JSON,
     Connection,
     Engine,
-    and_,
     bindparam,
     create_engine,
     event,
@@ -62,7 +61,7 @@ from ..._records import (
 from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 from ...ports import Clock, JobProgress, Storage
 from ._pragmas import prepare_sqlite
-from .tables import Tables, available_work, build_tables
+from .tables import Tables, build_tables
 
 if TYPE_CHECKING:
     from .limits import SQLLimiter
@@ -784,35 +783,20 @@ class SQLStorage(Storage):
     def _candidates(self, conn: Connection, limit: int, now: float) -> list[VisitRecord]:
         """Up to ``limit`` due visits (retries first), locked, skipping locked ones.
 
-        Only a step's ``concurrency`` minus what it has processing may be claimed; these
-        queries leave out full steps, and the batch counts exactly under the job lock.
-        Available work is found per step that has some (oldest job first), each step's
-        visits read from an index in position order: a claim reads what it takes, not
-        the visits waiting behind a full step.
+        Only a step's ``concurrency`` minus what it has processing may be claimed; this
+        query drops full steps, and the batch counts exactly under the job lock.
         """
-        retries, steps, available = self._stmt("candidates", self._candidate_queries)
         found: dict[str, VisitRecord] = {}
-        for row in conn.execute(retries, {"now": now, "limit": limit}):
-            found.setdefault(row.id, self._visit_from_row(row))
-        if len(found) >= limit:
-            return list(found.values())
-        for job_id, step, processing in conn.execute(steps).all():
-            wanted = limit - len(found)
-            rows = conn.execute(
-                available,
-                {"job": job_id, "step": step, "processing": processing, "limit": wanted},
-            ).all()
-            room = rows[0].concurrency - processing if rows else 0
-            for row in rows[:room]:
+        for query in self._stmt("candidates", self._candidate_queries):
+            rows = conn.execute(query, {"now": now, "limit": limit - len(found)})
+            for row in rows:
                 found.setdefault(row.id, self._visit_from_row(row))
             if len(found) >= limit:
                 break
         return list(found.values())
 
-    def _candidate_queries(self) -> tuple[Any, Any, Any]:
-        """Due retries (by due time); the steps with available work (oldest job
-        first, with what each has processing); one step's available visits (by
-        position)."""
+    def _candidate_queries(self) -> tuple[Any, Any]:
+        """Due retries (by due time), then available visits (by position)."""
         t = self.tables
         v, j, c = t.visits, t.jobs, t.counts
         running = (
@@ -824,51 +808,19 @@ class SQLStorage(Storage):
             )
             .scalar_subquery()
         )
-        retries = (
+        base = (
             select(v)
             .join(j, j.c.id == v.c.job_id)
-            .where(
-                v.c.ready,
-                j.c.status.in_(_ACTIVE),
-                v.c.concurrency > running,
-                v.c.status == ItemStatus.RETRYING.value,
-                v.c.next_attempt_at <= bindparam("now"),
-            )
-            .order_by(v.c.next_attempt_at)
-            .limit(bindparam("limit"))
+            .where(v.c.ready, j.c.status.in_(_ACTIVE), v.c.concurrency > running)
         )
-        has_work, busy = c.alias("has_work"), c.alias("busy")
-        steps = (
-            select(has_work.c.job_id, has_work.c.step, func.coalesce(busy.c.n, 0))
-            .select_from(
-                has_work.join(j, j.c.id == has_work.c.job_id).outerjoin(
-                    busy,
-                    and_(
-                        busy.c.job_id == has_work.c.job_id,
-                        busy.c.step == has_work.c.step,
-                        busy.c.status == ItemStatus.PROCESSING.value,
-                    ),
-                )
-            )
-            .where(available_work(has_work), j.c.status.in_(_ACTIVE))
-            .order_by(j.c.created_at, j.c.id)
-        )
-        available = (
-            select(v)
-            .where(
-                v.c.job_id == bindparam("job"),
-                v.c.step == bindparam("step"),
-                v.c.status == ItemStatus.AVAILABLE.value,
-                v.c.ready,
-                v.c.concurrency > bindparam("processing"),
-            )
-            .order_by(v.c.position)
-            .limit(bindparam("limit"))
-        )
+        retries = base.where(
+            v.c.status == ItemStatus.RETRYING.value, v.c.next_attempt_at <= bindparam("now")
+        ).order_by(v.c.next_attempt_at)
+        available = base.where(v.c.status == ItemStatus.AVAILABLE.value).order_by(v.c.position)
+        queries = [q.limit(bindparam("limit")) for q in (retries, available)]
         if not self.is_sqlite:
-            retries = retries.with_for_update(skip_locked=True, of=v)
-            available = available.with_for_update(skip_locked=True, of=v)
-        return retries, steps, available
+            queries = [q.with_for_update(skip_locked=True, of=v) for q in queries]
+        return queries[0], queries[1]
 
     def _claims(
         self, conn: Connection, batch: CommitBatch, claimed: list[VisitRecord]

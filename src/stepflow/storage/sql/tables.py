@@ -17,18 +17,14 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
-    ColumnElement,
     Float,
     ForeignKey,
-    FromClause,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    and_,
-    literal_column,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -65,13 +61,6 @@ class Tables:
     limit_slots: Table
     prefix: str
     schema: str | None
-
-
-def available_work(counts: FromClause) -> ColumnElement[bool]:
-    """The rows of ``<prefix>counts`` the partial index ``counts_available`` holds: steps
-    with available visits. Literal values, not bound ones, so that a query stating it
-    can be served by the index (SQLite matches a partial index's terms as written)."""
-    return and_(counts.c.status == literal_column("'available'"), counts.c.n > literal_column("0"))
 
 
 def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables:
@@ -146,8 +135,7 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("started_at", Float, nullable=True),
         Column("finished_at", Float, nullable=True),
         Index(f"{p}visits_step_listing", "job_id", "step", "position"),
-        # Claims look per step with room: its ready, available visits in position order.
-        Index(f"{p}visits_step_claim", "job_id", "step", "status", "ready", "position"),
+        Index(f"{p}visits_claim", "status", "ready", "position"),
         Index(f"{p}visits_retry_due", "status", "next_attempt_at"),
         Index(f"{p}visits_lease", "status", "lease_expires_at"),
         Index(f"{p}visits_item", "item_id"),
@@ -159,14 +147,6 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("step", String(128), primary_key=True),
         Column("status", String(16), primary_key=True),
         Column("n", Integer, nullable=False),
-    )
-    # The steps that have available work, whatever the number of jobs and items.
-    Index(
-        f"{p}counts_available",
-        counts.c.job_id,
-        counts.c.step,
-        sqlite_where=available_work(counts),
-        postgresql_where=available_work(counts),
     )
     substep_counts = Table(
         f"{p}substep_counts",

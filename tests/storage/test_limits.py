@@ -105,7 +105,7 @@ def test_turns_never_crowd_a_window_and_come_as_early_as_they_may(
 async def test_one_call_per_minute_holds_across_two_processes(
     make_storage: StorageMaker,
 ) -> None:
-    """ "1 call per 60 s": a second process's call starts 60 s after the first's, not before."""
+    """One call per 60 s: a second process's call starts 60 s after the first's, not before."""
     clock = FakeClock()
     t0 = clock.now()
     limit = RateLimit(calls=1, per_seconds=60, key="geocoder")

@@ -40,7 +40,6 @@ from ._planning import (
     new_substep_state,
     visit_id,
 )
-from ._ratelimit import RateLimiter
 from ._records import (
     ChangeSet,
     Claim,
@@ -52,7 +51,7 @@ from ._records import (
 )
 from ._retry import retry_delay
 from ._states import SUBSTEP_DONE, ItemStatus, SubStepStatus
-from .ports import Clock, EventBroker, Executor, Storage
+from .ports import Clock, EventBroker, Executor, Limiter, Storage
 
 __all__ = ["Engine"]
 
@@ -97,6 +96,7 @@ class Engine:
         handlers: Handlers,
         classifier: ErrorClassifier,
         executor: Executor,
+        limiter: Limiter,
         broker: EventBroker,
         clock: Clock,
         owner: str,
@@ -116,7 +116,7 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
-        self.rate_limiter = RateLimiter.for_storage(storage, clock)
+        self.rate_limiter = limiter
         self.running: dict[tuple[str, int], _Running] = {}  #: by (visit id, token)
         self._busy = 0  #: claims handed to workers whose result is not yet handed back
         self._outbox: list[_Write] = []  #: changes waiting for the dispatcher's next write

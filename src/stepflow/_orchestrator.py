@@ -29,11 +29,11 @@ from ._handlers import ErrorClassifier, Handlers
 from ._jsonsafe import check_json
 from ._models import ActionRequest, ActionResult, Actor, Event, Item, ItemPage, Job, Snapshot
 from ._planning import arrive, new_item
-from ._ratelimit import CallPermits, ReleasingExecutor
+from ._ratelimit import CallPermits, RateLimiter, ReleasingExecutor
 from ._records import ChangeSet, EventDraft, JobRecord, StepInfo
 from ._snapshot import build_snapshot, job_view
 from ._states import JOB_TERMINAL, ItemStatus, JobStatus, StepStatus
-from .brokers import RelayBroker, default_broker
+from .brokers import default_broker
 from .executors.inprocess import InProcessExecutor
 from .ports import Clock, EventBroker, Executor, Limiter, Storage
 from .storage.memory import MemoryStorage
@@ -117,20 +117,20 @@ class Orchestrator:
         self._pipelines: dict[str, Pipeline] = {}
         self._by_hash: dict[str, Pipeline] = {}
         self._stack: AsyncExitStack | None = None
-        relay = self.broker if isinstance(self.broker, RelayBroker) else None
-        # A fake clock's jump concerns this process only: wake it without a broadcast.
-        self.clock.on_advance(relay.local.publish_work if relay else self.broker.publish_work)
+        self.clock.on_advance(self.broker.wake_here)
         if poll_interval == "auto":
-            # Other processes can change a shared database: look now and then as well,
-            # rarely when they notify us, every second when they cannot.
+            # Other processes can change a shared database: look now and then as well.
             shared = not isinstance(self.storage, MemoryStorage)
-            poll_interval = (relay.fallback_poll if relay else 1.0) if shared else None
+            poll_interval = self.broker.fallback_poll if shared else None
+        # Permits are kept per call and handed back by the executor as the call ends.
+        limiter = limiter or self.storage.limiter(self.clock) or RateLimiter(self.clock)
+        self.limiter: Limiter = CallPermits(limiter)
         self.engine = Engine(
             storage=self.storage,
             handlers=self.handlers,
             classifier=classifier or ErrorClassifier(),
-            # Hands a call's concurrency slot back the moment the call ends.
             executor=ReleasingExecutor(executor or InProcessExecutor()),
+            limiter=self.limiter,
             broker=self.broker,
             clock=self.clock,
             owner=self.owner,
@@ -139,9 +139,6 @@ class Orchestrator:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
         )
-        if limiter is not None:
-            self.engine.rate_limiter = CallPermits(limiter)
-        self.limiter: Limiter = self.engine.rate_limiter
         self._planner = ActionPlanner(self)
         for pipeline in pipelines:
             self.register(pipeline)
@@ -156,12 +153,8 @@ class Orchestrator:
             stack.push_async_callback(self.storage.aclose)
             await self.limiter.start()
             stack.push_async_callback(self.limiter.aclose)
-            # A broker with a lifecycle (one that reaches other processes) is started
-            # and stopped with the orchestrator, like the storage.
-            start_broker = getattr(self.broker, "start", None)
-            if callable(start_broker):
-                await start_broker()
-                stack.push_async_callback(self.broker.aclose)  # type: ignore[attr-defined]
+            await self.broker.start()
+            stack.push_async_callback(self.broker.aclose)
             if self._run_workers:
                 tg = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(tg.cancel_scope.cancel)

@@ -5,8 +5,8 @@ a sliding window of start times per key behind one lock per key (waiters are ser
 in arrival order and none starves), and a count of running calls per key for the
 concurrency cap. Time comes from the clock port, so a test steps a "one call per 60 s"
 limit without waiting a minute. Limits that must hold across processes live in the
-database (``SQLStorage.limiter()``); :meth:`RateLimiter.for_storage` picks that one
-when the storage offers it.
+database: a storage offers such a limiter through ``Storage.limiter``, and the
+orchestrator takes it when there is one.
 
 The engine asks for a permit just before a handler call and the call runs in the
 same task, inside the executor. :class:`CallPermits` keeps the permit in a context
@@ -42,14 +42,6 @@ class RateLimiter(Limiter):
         self._locks: dict[str, anyio.Lock] = {}
         self._running: dict[str, int] = {}
         self._freed: dict[str, anyio.Event] = {}
-
-    @classmethod
-    def for_storage(cls, storage: object, clock: Clock) -> Limiter:
-        """The storage's own limiter if it offers one (``storage.limiter(clock)``), else
-        an in-process one; either way behind :class:`CallPermits`."""
-        offer: Any = getattr(storage, "limiter", None)
-        found = offer(clock) if callable(offer) else None
-        return CallPermits(found if isinstance(found, Limiter) else cls(clock))
 
     async def acquire(self, limit: RateLimit, default_key: str) -> Permit:
         key = limit.key or default_key

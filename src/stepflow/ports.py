@@ -90,6 +90,11 @@ class Storage(ABC):
     async def aclose(self) -> None:
         """Release connections. The storage is not used afterwards."""
 
+    def limiter(self, clock: Clock) -> Limiter | None:
+        """A limiter whose limits hold for every user of this storage (for SQL: every
+        process on the database), or ``None`` (the default) for in-process limits."""
+        return None
+
     @abstractmethod
     async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
         """Insert ``job`` and apply ``change`` (its items and first visits) atomically.
@@ -255,7 +260,25 @@ class EventBroker(ABC):
     Contract: notifications carry ids only and may be lost or merged; a reader always
     re-reads the storage, so the broker only shortens waits. :meth:`wait_job` and
     :meth:`wait_work` return ``True`` when notified and ``False`` after ``timeout``.
+    :meth:`start` and :meth:`aclose` bracket its use inside the event loop (a broker
+    that reaches other processes opens and closes its link there).
     """
+
+    #: How often an engine on a database other processes share looks at the storage
+    #: anyway (seconds): a broker that cannot hear them leaves the default, one that
+    #: can looks rarely (only a lost notification waits that long).
+    fallback_poll: float = 1.0
+
+    async def start(self) -> None:
+        """Prepare (connections, background tasks); called once before any wait."""
+
+    async def aclose(self) -> None:
+        """Stop; the broker is not used afterwards."""
+
+    def wake_here(self) -> None:
+        """Wake this process's idle workers only (a fake clock's jump concerns no one
+        else); by default the same as :meth:`publish_work`."""
+        self.publish_work()
 
     @abstractmethod
     def publish_job(self, job_id: str, seq: int) -> None:

@@ -132,6 +132,9 @@ class RelayBroker(EventBroker):
         self._out_work = True
         self._kick()
 
+    def wake_here(self) -> None:
+        self.local.publish_work()
+
     async def wait_job(self, job_id: str, after: int, timeout: float | None) -> bool:
         return await self.local.wait_job(job_id, after, self._cap(timeout))
 

@@ -144,6 +144,8 @@ class SQLStorage(Storage):
         self._write_lock: anyio.Lock | None = None
         self._definition_cache: dict[str, dict[str, Any]] = {}  #: by definition hash
         self._statements: dict[str, Any] = {}  #: hot-path statements, built once
+        #: How a JSON value goes to the driver: text for sqlite3, psycopg's Jsonb wrapper.
+        self._json_parameter: Callable[[Any], Any] = json.dumps if self.is_sqlite else _jsonb()
 
     def _insert_many(self, conn: Connection, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` (dicts by column name) with one driver-level ``executemany``.
@@ -153,7 +155,24 @@ class SQLStorage(Storage):
         thousands of event and visit rows of a busy group commit this skips
         SQLAlchemy's per-row parameter processing, the largest cost left on that path.
         """
-        sql, names, json_columns = self._stmt(f"raw-insert-{table.name}", lambda: self._raw(table))
+        names = tuple(column.name for column in table.columns)
+        sql = self._stmt(f"raw-insert-{table.name}", lambda: self._raw_insert(table, names))
+        self._run_raw(conn, sql, table, names, rows)
+
+    def _run_raw(
+        self,
+        conn: Connection,
+        sql: str,
+        table: Any,
+        names: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Run ``sql`` once per row with the row's values for ``names``, in that order;
+        JSON columns encoded here, as the driver takes them."""
+        json_columns = self._stmt(
+            f"json-columns-{table.name}",
+            lambda: frozenset(c.name for c in table.columns if isinstance(c.type, JSON)),
+        )
         encode = self._encode_json
         params = [
             tuple(
@@ -163,41 +182,33 @@ class SQLStorage(Storage):
         ]
         conn.exec_driver_sql(sql, params)
 
-    def _raw(self, table: Any) -> tuple[str, tuple[str, ...], frozenset[str]]:
+    def _marker(self) -> str:
+        """The driver's parameter placeholder."""
+        return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+
+    def _raw_insert(self, table: Any, names: Sequence[str]) -> str:
+        """``INSERT INTO <table> (<names>) VALUES (...)`` for the driver, quoted."""
         preparer = self.engine.dialect.identifier_preparer
-        names = tuple(column.name for column in table.columns)
-        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        sql = (
+        return (
             f"INSERT INTO {preparer.format_table(table)} "
             f"({', '.join(preparer.quote(name) for name in names)}) "
-            f"VALUES ({', '.join(marker for _ in names)})"
+            f"VALUES ({', '.join(self._marker() for _ in names)})"
         )
-        json_columns = frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
-        return sql, names, json_columns
 
-    def _raw_visit_update(self) -> tuple[str, frozenset[str]]:
+    def _raw_visit_update(self) -> str:
         """``UPDATE visits SET <every visit field> WHERE id = ?`` for the driver."""
-        visits = self.tables.visits
         preparer = self.engine.dialect.identifier_preparer
-        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        marker = self._marker()
         assignments = ", ".join(f"{preparer.quote(name)} = {marker}" for name in _VISIT_FIELDS)
-        sql = (
-            f"UPDATE {preparer.format_table(visits)} SET {assignments} "
+        return (
+            f"UPDATE {preparer.format_table(self.tables.visits)} SET {assignments} "
             f"WHERE {preparer.quote('id')} = {marker}"
         )
-        json_columns = frozenset(
-            name for name in _VISIT_FIELDS if isinstance(visits.c[name].type, JSON)
-        )
-        return sql, json_columns
 
     def _encode_json(self, value: Any) -> Any:
         if value is None:
             return None  # SQL NULL, as the JSON columns store it (``none_as_null``)
-        if self.is_sqlite:
-            return json.dumps(value)
-        from psycopg.types.json import Jsonb
-
-        return Jsonb(value)
+        return self._json_parameter(value)
 
     def _stmt(self, name: str, build: Callable[[], T]) -> T:
         """The statement called ``name``, built on first use and reused after.
@@ -509,18 +520,25 @@ class SQLStorage(Storage):
 
     # -- writes -----------------------------------------------------------------------
 
+    def _job_by_key(self, conn: Connection, key: str | None) -> JobRecord | None:
+        """The job created with idempotency key ``key``, if any."""
+        if key is None:
+            return None
+        jobs = self.tables.jobs
+        query = self._stmt(
+            "job-by-key",
+            lambda: select(jobs.c.id).where(jobs.c.idempotency_key == bindparam("key")),
+        )
+        found = conn.execute(query, {"key": key}).first()
+        return None if found is None else self._load_job(conn, found.id)[0]
+
     async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
         t = self.tables
 
         def op(conn: Connection) -> tuple[JobRecord, bool]:
-            if job.idempotency_key is not None:
-                query = self._stmt(
-                    "job-by-key",
-                    lambda: select(t.jobs.c.id).where(t.jobs.c.idempotency_key == bindparam("key")),
-                )
-                existing = conn.execute(query, {"key": job.idempotency_key}).first()
-                if existing is not None:
-                    return (self._load_job(conn, existing.id))[0], False
+            existing = self._job_by_key(conn, job.idempotency_key)
+            if existing is not None:
+                return existing, False
             # A new job's row, counters and statuses are known: plan the change on them
             # and insert the job's final row once (no read-back, no second write).
             batch = CommitBatch(self._db_now(conn))
@@ -564,15 +582,10 @@ class SQLStorage(Storage):
                 raise InvalidInput(f"job id {job.id!r} already exists") from None
 
             # Another writer created the job with this key first: return theirs.
-            def read(conn: Connection) -> tuple[JobRecord, bool]:
-                row = (
-                    conn.execute(
-                        select(t.jobs.c.id).where(t.jobs.c.idempotency_key == job.idempotency_key)
-                    )
-                ).one()
-                return (self._load_job(conn, row.id))[0], False
-
-            return await self._read(read)
+            theirs = await self._read(lambda conn: self._job_by_key(conn, job.idempotency_key))
+            if theirs is None:
+                raise
+            return theirs, False
 
     async def commit(self, change: ChangeSet) -> CommitResult:
         results, _ = await self.exchange([change], "", 0, 0.0)
@@ -676,21 +689,13 @@ class SQLStorage(Storage):
                 rows.append(values)
             self._insert_many(conn, t.visits, rows)
         if changed:
-            sql, json_columns = self._stmt("raw-update-visits", self._raw_visit_update)
-            encode = self._encode_json
-            params = []
+            sql = self._stmt("raw-update-visits", self._raw_visit_update)
+            updates = []
             for visit in sorted(changed, key=lambda vis: vis.id):
-                row: list[Any] = []
-                for name in _VISIT_FIELDS:
-                    value = getattr(visit, name)
-                    if name in json_columns:
-                        value = encode(value)
-                    elif name == "status":
-                        value = value.value
-                    row.append(value)
-                row.append(visit.id)
-                params.append(tuple(row))
-            conn.exec_driver_sql(sql, params)
+                values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
+                values.update(status=visit.status.value, id=visit.id)
+                updates.append(values)
+            self._run_raw(conn, sql, t.visits, (*_VISIT_FIELDS, "id"), updates)
         for job_id, steps in batch.newly_started().items():
             conn.execute(
                 update(t.visits)
@@ -1120,6 +1125,12 @@ class SQLStorage(Storage):
         from .limits import SQLLimiter
 
         return SQLLimiter(self, clock or self.clock or SystemClock(), **options)
+
+
+def _jsonb() -> Callable[[Any], Any]:
+    from psycopg.types.json import Jsonb
+
+    return Jsonb
 
 
 def _normalise_url(url: str) -> str:

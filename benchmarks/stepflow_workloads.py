@@ -64,6 +64,26 @@ def _final(statuses: list[JobStatus]) -> dict[str, int]:
     return tally
 
 
+CREATORS = 64  #: callers creating jobs at once, as many as LangGraph's runs at once
+
+
+async def _create_all(orch: Orchestrator, jobs: int, items: int) -> list[str]:
+    """Create ``jobs`` jobs of ``items`` items from ``CREATORS`` concurrent callers, as a
+    service taking requests would; the ids come back in creation order."""
+    ids: list[str] = [""] * jobs
+    limit = anyio.Semaphore(CREATORS)
+
+    async def one(j: int) -> None:
+        async with limit:
+            rows = [{"key": f"j{j}i{i}"} for i in range(items)]
+            ids[j] = (await orch.create_job(bench_app.NOOP, rows)).id
+
+    async with anyio.create_task_group() as tg:
+        for j in range(jobs):
+            tg.start_soon(one, j)
+    return ids
+
+
 async def flow(db: Database, jobs: int, items: int, workers: int) -> dict[str, Any]:
     """W1/W2: ``jobs`` jobs of ``items`` items through six no-op steps."""
     transitions = jobs * items * bench_app.STEPS
@@ -76,10 +96,7 @@ async def flow(db: Database, jobs: int, items: int, workers: int) -> dict[str, A
             started = time.perf_counter()
 
             async def body() -> list[JobStatus]:
-                ids = []
-                for j in range(jobs):
-                    rows = [{"key": f"j{j}i{i}"} for i in range(items)]
-                    ids.append((await orch.create_job(bench_app.NOOP, rows)).id)
+                ids = await _create_all(orch, jobs, items)
                 if in_process:
                     return [(await orch.wait(i, timeout=WAIT)).job.status for i in ids]
                 await _until(lambda: db.terminal_jobs() >= jobs, reporter, 0.02)

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._commit import claim_change, plan_commit
-from ._errors import DuplicateAction, NotFound, StepflowError
+from ._commit import claim_change, initial_step_statuses, plan_commit
+from ._errors import DuplicateAction, InvalidInput, NotFound, StepflowError
 from ._records import ChangeSet, CommitResult, ItemRecord, JobRecord, StepInfo, VisitRecord
 from ._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 
@@ -40,6 +40,7 @@ class BatchJob:
     started: frozenset[str]
     started_before: frozenset[str] = frozenset()
     changed: bool = False
+    new: bool = False  #: created by this batch: its row is inserted, not updated
     infos: dict[str, StepInfo] = field(default_factory=dict)
 
     def ready(self, step: str) -> bool:
@@ -63,6 +64,7 @@ class CommitBatch:
         self.events: list[dict[str, Any]] = []
         self.actions: list[dict[str, Any]] = []
         self._applied: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._keyed: dict[str, JobRecord] = {}  #: jobs by idempotency key, stored or new
 
     # -- loading ----------------------------------------------------------------------
 
@@ -91,6 +93,11 @@ class CommitBatch:
     def add_action(self, job_id: str, action_id: str, result: dict[str, Any] | None) -> None:
         """An action id already applied (stored), with its result."""
         self._applied[(job_id, action_id)] = result
+
+    def add_keyed_job(self, job: JobRecord) -> None:
+        """A stored job that holds an idempotency key a creating change may ask for."""
+        assert job.idempotency_key is not None
+        self._keyed[job.idempotency_key] = job
 
     # -- planning ---------------------------------------------------------------------
 
@@ -157,12 +164,48 @@ class CommitBatch:
         state.changed = True
         return CommitResult(job.id, seq, plan.job_status, dict(state.statuses))
 
+    def create(self, change: ChangeSet) -> CommitResult:
+        """Create ``change.create`` and apply ``change`` to it (its items, first visits).
+
+        A job already holding the idempotency key — stored, or created earlier in this
+        batch — is the answer instead, and nothing is written (``created=False``).
+        Refused whole, like :meth:`apply`.
+        """
+        assert change.create is not None
+        key = change.create.idempotency_key
+        if key is not None and key in self._keyed:
+            job = self._keyed[key]
+            found = self.jobs.get(job.id)
+            copy = dataclasses.replace(found.job if found else job)
+            statuses = dict(found.statuses) if found else {}
+            return CommitResult(copy.id, copy.seq, copy.status, statuses, job=copy)
+        if change.create.id in self.jobs:
+            raise InvalidInput(f"job id {change.create.id!r} already exists")
+        job = dataclasses.replace(change.create)
+        self.jobs[job.id] = BatchJob(
+            job,
+            {},
+            initial_step_statuses(job),
+            frozenset(),
+            new=True,
+            infos={info.key: info for info in job.steps},
+        )
+        try:
+            result = self.apply(change)
+        except BaseException:
+            del self.jobs[job.id]
+            raise
+        if key is not None:
+            self._keyed[key] = job
+        return dataclasses.replace(result, job=self.job_copy(job.id), created=True)
+
     def apply_each(self, changes: Iterable[ChangeSet]) -> list[CommitResult | StepflowError]:
-        """Apply each change on its own: a refused one is returned, not raised."""
+        """Apply (or create) each change on its own: a refused one is returned, not
+        raised."""
         results: list[CommitResult | StepflowError] = []
         for change in changes:
             try:
-                results.append(self.apply(change))
+                results.append(self.apply(change) if change.create is None else self.create(change))
             except StepflowError as exc:
                 results.append(exc)
         return results
@@ -240,8 +283,14 @@ class CommitBatch:
         }
 
     def changed_jobs(self) -> list[BatchJob]:
-        """Jobs whose row must be written, in id order."""
-        return [self.jobs[k] for k in sorted(self.jobs) if self.jobs[k].changed]
+        """Stored jobs whose row must be updated, in id order."""
+        return [
+            self.jobs[k] for k in sorted(self.jobs) if self.jobs[k].changed and not self.jobs[k].new
+        ]
+
+    def new_jobs(self) -> list[BatchJob]:
+        """Jobs this batch created (their rows are inserted whole), in creation order."""
+        return [state for state in self.jobs.values() if state.new]
 
     def job_copy(self, job_id: str) -> JobRecord:
         """A detached copy of the job's current row (for claims handed to workers)."""

@@ -127,11 +127,34 @@ class Engine:
         self.writes = 0  #: storage exchanges made (for benchmarks and tests)
         self._failures = 0  #: storage writes failed in a row (the database is away)
         self._dispatching = False  #: the dispatcher runs and takes changes
+        self.claiming = True  #: ``False``: a writer only (:meth:`run_writer`)
 
     # -- lifecycle ------------------------------------------------------------------
 
+    async def run_writer(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run only the one writer until cancelled, for a process that runs no work.
+
+        Jobs created and actions taken at the same time in such a process (an API
+        server) then share transactions too; nothing is claimed here.
+        """
+        self.claiming = False
+        self._wake = anyio.Event()
+        send, receive = anyio.create_memory_object_stream[Claim](1)
+        async with send, receive:
+            task_status.started()
+            self._dispatching = True
+            try:
+                await self._dispatch(send)
+            finally:
+                self._dispatching = False
+                with anyio.CancelScope(shield=True):
+                    await self._flush_at_exit()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: dispatcher, workers, heartbeat, rescuer, progress."""
+        self.claiming = True
         await self.storage.rescue_expired(self._rescue_delay)  # startup recovery
         self._wake = anyio.Event()  # bound to this run's event loop
         # Never more claims in flight than workers, so a send never waits.
@@ -156,7 +179,7 @@ class Engine:
         while True:
             writes, self._outbox = self._outbox, []
             self._wake = anyio.Event()
-            free = 0 if self.draining else self.max_concurrency - self._busy
+            free = 0 if self.draining or not self.claiming else self.max_concurrency - self._busy
             if not writes and not free:
                 await self._sleep(None)
                 continue
@@ -190,6 +213,9 @@ class Engine:
     async def _sleep(self, timeout: float | None) -> None:
         """Until a change is handed in, the broker says work arrived, or ``timeout``."""
         if self._outbox:
+            return
+        if not self.claiming:  # a writer only: nothing but a change handed in wakes it
+            await self._wake.wait()
             return
         poll = self.poll_interval
         if poll is not None:
@@ -238,6 +264,8 @@ class Engine:
     async def commit(self, change: ChangeSet) -> CommitResult:
         """Commit ``change``, with the work it makes due claimed in the same write.
 
+        A change with ``create`` set creates its job (see :meth:`Storage.exchange`).
+
         For a person's action in a process that runs workers: the dispatcher's next
         exchange applies it and hands what it released straight to a free worker, so
         no second transaction (nor a wake-up) stands between the action and the work.
@@ -245,7 +273,10 @@ class Engine:
         the database is failing (the caller then sees the error at once).
         """
         if not self._dispatching or self._failures:
-            return await self.storage.commit(change)
+            results, _ = await self.storage.exchange([change], self.owner, 0, self.lease_seconds)
+            if isinstance(results[0], Exception):
+                raise results[0]
+            return results[0]
         return await self._commit(change)
 
     async def _commit(self, change: ChangeSet) -> CommitResult:

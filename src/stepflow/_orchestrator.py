@@ -155,10 +155,9 @@ class Orchestrator:
             stack.push_async_callback(self.limiter.aclose)
             await self.broker.start()
             stack.push_async_callback(self.broker.aclose)
-            if self._run_workers:
-                tg = await stack.enter_async_context(anyio.create_task_group())
-                stack.callback(tg.cancel_scope.cancel)
-                await tg.start(self.engine.run)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            await tg.start(self.engine.run if self._run_workers else self.engine.run_writer)
         except BaseException:
             await stack.aclose()
             raise
@@ -268,7 +267,12 @@ class Orchestrator:
             change.new_visits.extend(arrive(definition, item, 0, meta, {}, now))
         if start:
             change.job_status = JobStatus.PENDING
-        stored, _created = await self.storage.create_job(job, change)
+        change.create = job
+        # Through the one writer: jobs created together share a transaction, and the
+        # new job's first work is claimed in the transaction that creates it.
+        created = await self.engine.commit(change)
+        stored = created.job
+        assert stored is not None
         self.broker.publish_job(stored.id, stored.seq)
         self.broker.publish_work()
         return job_view(stored)

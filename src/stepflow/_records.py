@@ -149,6 +149,10 @@ class ChangeSet:
     events: list[EventDraft] = field(default_factory=list)
     action_id: str | None = None
     action_result: dict[str, Any] | None = None
+    #: A new job this change creates (its row; counters and statuses start empty). A
+    #: storage stores it with the change in the same transaction, or, when a job with
+    #: its idempotency key exists, writes nothing and answers with that job.
+    create: JobRecord | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -157,6 +161,8 @@ class CommitResult:
     seq: int
     job_status: JobStatus
     step_statuses: dict[str, StepStatus]
+    job: JobRecord | None = None  #: for a creating change: the job as stored
+    created: bool = False  #: for a creating change: ``False`` when the key matched a job
 
 
 @dataclass(slots=True)

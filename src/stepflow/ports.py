@@ -171,11 +171,23 @@ class Storage(ABC):
         and then claims, which is correct for any storage. An infrastructure error
         (the database went away) is raised: then nothing is known to be written, and
         the caller may offer the same changes again — their guards make that safe.
+
+        A change with ``create`` set creates that job as :meth:`create_job` would (an
+        existing idempotency key answers with the existing job and ``created=False``);
+        its result carries the stored job. So a job's creation shares the transaction
+        with the results and claims around it, and the new job's first work can be
+        claimed in the very transaction that creates it.
         """
         results: list[CommitResult | Exception] = []
         for change in changes:
             try:
-                results.append(await self.commit(change))
+                if change.create is None:
+                    results.append(await self.commit(change))
+                    continue
+                job, created = await self.create_job(change.create, change)
+                results.append(
+                    CommitResult(job.id, job.seq, job.status, {}, job=job, created=created)
+                )
             except StepflowError as exc:
                 results.append(exc)
         claims = await self.claim(owner, limit, lease_seconds) if limit > 0 else []

@@ -45,8 +45,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from ..._batch import CommitBatch
-from ..._commit import initial_step_statuses, release_change, rescue_change
+from ..._batch import BatchJob, CommitBatch
+from ..._commit import release_change, rescue_change
 from ..._errors import InvalidInput, NotFound
 from ..._records import (
     ChangeSet,
@@ -520,72 +520,25 @@ class SQLStorage(Storage):
 
     # -- writes -----------------------------------------------------------------------
 
-    def _job_by_key(self, conn: Connection, key: str | None) -> JobRecord | None:
-        """The job created with idempotency key ``key``, if any."""
-        if key is None:
-            return None
+    def _jobs_by_key(self, conn: Connection, keys: Collection[str]) -> list[JobRecord]:
+        """The stored jobs created with any of the idempotency ``keys``."""
+        if not keys:
+            return []
         jobs = self.tables.jobs
         query = self._stmt(
-            "job-by-key",
-            lambda: select(jobs.c.id).where(jobs.c.idempotency_key == bindparam("key")),
+            "jobs-by-key",
+            lambda: select(jobs.c.id).where(
+                jobs.c.idempotency_key.in_(bindparam("keys", expanding=True))
+            ),
         )
-        found = conn.execute(query, {"key": key}).first()
-        return None if found is None else self._load_job(conn, found.id)[0]
+        ids = [row.id for row in conn.execute(query, {"keys": sorted(set(keys))})]
+        return [self._job_from_row(row) for row in self._load_jobs(conn, ids)]
 
     async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
-        t = self.tables
-
-        def op(conn: Connection) -> tuple[JobRecord, bool]:
-            existing = self._job_by_key(conn, job.idempotency_key)
-            if existing is not None:
-                return existing, False
-            # A new job's row, counters and statuses are known: plan the change on them
-            # and insert the job's final row once (no read-back, no second write).
-            batch = CommitBatch(self._db_now(conn))
-            batch.add_job(dataclasses.replace(job), {}, initial_step_statuses(job), frozenset())
-            batch.apply(change)
-            state = batch.jobs[job.id]
-            final = state.job
-            conn.execute(
-                self._stmt("insert-job", lambda: insert(t.jobs)),
-                {
-                    "id": final.id,
-                    "pipeline": final.pipeline,
-                    "version": final.version,
-                    "definition_hash": final.definition_hash,
-                    "definition": final.definition,
-                    "steps": [[s.key, s.runs_work, s.concurrency] for s in final.steps],
-                    "status": final.status.value,
-                    "auto_process": final.auto_process,
-                    "metadata": final.metadata,
-                    "idempotency_key": final.idempotency_key,
-                    "created_by": final.created_by,
-                    "created_at": final.created_at,
-                    "updated_at": final.updated_at,
-                    "started_at": final.started_at,
-                    "finished_at": final.finished_at,
-                    "seq": final.seq,
-                    "item_count": final.item_count,
-                    "started_steps": sorted(state.started),
-                    "step_statuses": {k: s.value for k, s in state.statuses.items()},
-                },
-            )
-            state.changed = False  # its row is written whole above
-            self._definition_cache.setdefault(job.definition_hash, job.definition)
-            self._write_batch(conn, batch)
-            return batch.job_copy(job.id), True
-
-        try:
-            return await self._write(op)
-        except IntegrityError:
-            if job.idempotency_key is None:
-                raise InvalidInput(f"job id {job.id!r} already exists") from None
-
-            # Another writer created the job with this key first: return theirs.
-            theirs = await self._read(lambda conn: self._job_by_key(conn, job.idempotency_key))
-            if theirs is None:
-                raise
-            return theirs, False
+        # One write path: a creation is a change like any other (see ``exchange``).
+        result = await self.commit(dataclasses.replace(change, create=job))
+        assert result.job is not None
+        return result.job, result.created
 
     async def commit(self, change: ChangeSet) -> CommitResult:
         results, _ = await self.exchange([change], "", 0, 0.0)
@@ -611,13 +564,9 @@ class SQLStorage(Storage):
         try:
             return await self._write(op)
         except (IntegrityError, DataError):
-            if len(changes) <= 1:
-                if not changes:
-                    raise
-                single = await self._write(
-                    lambda conn: self._exchange(conn, changes, owner, 0, lease_seconds)
-                )
-                return single
+            if not changes:
+                raise
+        # A constraint refused the batch: find the change it was about, alone.
         results: list[CommitResult | Exception] = []
         for change in changes:
             try:
@@ -628,10 +577,16 @@ class SQLStorage(Storage):
                 )
                 results.extend(one)
             except (IntegrityError, DataError) as exc:
-                results.append(exc)
-        _, claims = await self._write(
-            lambda conn: self._exchange(conn, [], owner, limit, lease_seconds)
-        )
+                refused: Exception = exc
+                if change.create is not None and isinstance(exc, IntegrityError):
+                    # Its key was checked in that transaction: the id itself is taken.
+                    refused = InvalidInput(f"job id {change.create.id!r} already exists")
+                results.append(refused)
+        claims: list[Claim] = []
+        if limit > 0:
+            _, claims = await self._write(
+                lambda conn: self._exchange(conn, [], owner, limit, lease_seconds)
+            )
         return results, claims
 
     def _exchange(
@@ -645,6 +600,9 @@ class SQLStorage(Storage):
         now = self._db_now(conn)
         candidates = self._candidates(conn, limit, now) if limit > 0 else []
         batch = self._batch(conn, now, {v.job_id for v in candidates}, changes, candidates)
+        keys = [c.create.idempotency_key for c in changes if c.create is not None]
+        for job in self._jobs_by_key(conn, [k for k in keys if k is not None]):
+            batch.add_keyed_job(job)
         results: list[CommitResult | Exception] = list(batch.apply_each(changes))
         claimed = batch.claim([v.id for v in candidates], owner, limit, now + lease_seconds)
         self._write_batch(conn, batch)
@@ -654,6 +612,11 @@ class SQLStorage(Storage):
     def _write_batch(self, conn: Connection, batch: CommitBatch) -> None:
         """Write a batch's final rows with one bulk statement per table."""
         t = self.tables
+        created_jobs = batch.new_jobs()
+        if created_jobs:
+            self._insert_many(conn, t.jobs, [self._new_job_row(state) for state in created_jobs])
+            for state in created_jobs:
+                self._definition_cache.setdefault(state.job.definition_hash, state.job.definition)
         if batch.new_items:
             self._insert_many(
                 conn,
@@ -750,6 +713,31 @@ class SQLStorage(Storage):
             conn.execute(query, rows)
         if batch.actions:
             conn.execute(self._stmt("insert-actions", lambda: insert(t.actions)), batch.actions)
+
+    @staticmethod
+    def _new_job_row(state: BatchJob) -> dict[str, Any]:
+        job = state.job
+        return {
+            "id": job.id,
+            "pipeline": job.pipeline,
+            "version": job.version,
+            "definition_hash": job.definition_hash,
+            "definition": job.definition,
+            "steps": [[s.key, s.runs_work, s.concurrency] for s in job.steps],
+            "status": job.status.value,
+            "auto_process": job.auto_process,
+            "metadata": job.metadata,
+            "idempotency_key": job.idempotency_key,
+            "created_by": job.created_by,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "seq": job.seq,
+            "item_count": job.item_count,
+            "started_steps": sorted(state.started),
+            "step_statuses": {k: s.value for k, s in state.statuses.items()},
+        }
 
     def _add_counts(
         self,

@@ -23,9 +23,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -108,6 +110,19 @@ def _is_retryable(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+_JOB_STATES_KEPT = 10_000  #: jobs whose committed state one process keeps
+
+
+@dataclass(slots=True)
+class _JobState:
+    """A job's row, counters, step statuses and started steps, as last committed."""
+
+    job: JobRecord
+    counts: dict[str, Counter[ItemStatus]]
+    statuses: dict[str, StepStatus]
+    started: frozenset[str]
+
+
 class SQLStorage(Storage):
     """Durable storage in SQLite (a file path, or ``sqlite:///path``) or PostgreSQL
     (``postgresql://...``).
@@ -144,6 +159,10 @@ class SQLStorage(Storage):
         self._write_lock: anyio.Lock | None = None
         self._definition_cache: dict[str, dict[str, Any]] = {}  #: by definition hash
         self._statements: dict[str, Any] = {}  #: hot-path statements, built once
+        #: The last committed state of jobs this process wrote, by id, valid while the
+        #: stored ``seq`` matches (see ``_batch``).
+        self._job_states: dict[str, _JobState] = {}
+        self._job_states_lock = threading.Lock()  #: transactions run in several threads
         #: How a JSON value goes to the driver: text for sqlite3, psycopg's Jsonb wrapper.
         self._json_parameter: Callable[[Any], Any] = json.dumps if self.is_sqlite else _jsonb()
 
@@ -290,8 +309,12 @@ class SQLStorage(Storage):
         with self.engine.connect() as conn:
             if write and self.is_sqlite:
                 conn.execution_options(stepflow_write=True)
+            conn.info["stepflow_batches"] = []
             with conn.begin():
-                return op(conn)
+                result = op(conn)
+            # Committed: what the transaction's batches left is now the stored state.
+            self._remember(conn.info.pop("stepflow_batches"))
+            return result
 
     async def _in_thread(self, op: Callable[[Connection], T], write: bool) -> T:
         # Never cut in half by a cancelled caller: a thread runs its transaction to the
@@ -436,6 +459,41 @@ class SQLStorage(Storage):
         self._definitions_for(conn, rows)
         return rows
 
+    def _job_versions(self, conn: Connection, job_ids: Collection[str]) -> dict[str, int]:
+        """Each existing job's ``seq``, its row locked (id order) on PostgreSQL."""
+        if not job_ids:
+            return {}
+        j = self.tables.jobs
+
+        def build() -> Any:
+            query = (
+                select(j.c.id, j.c.seq)
+                .where(j.c.id.in_(bindparam("ids", expanding=True)))
+                .order_by(j.c.id)
+            )
+            return query if self.is_sqlite else query.with_for_update()
+
+        rows = conn.execute(self._stmt("job-versions", build), {"ids": sorted(job_ids)})
+        return dict(rows.all())
+
+    def _cached(self, job_id: str, seq: int) -> _JobState | None:
+        with self._job_states_lock:
+            kept = self._job_states.get(job_id)
+        return kept if kept is not None and kept.job.seq == seq else None
+
+    def _remember(self, batches: Sequence[CommitBatch]) -> None:
+        """Keep the state of every job in ``batches``, now committed."""
+        states = self._job_states
+        with self._job_states_lock:
+            for batch in batches:
+                for job_id, state in batch.jobs.items():
+                    states.pop(job_id, None)  # re-insert: the oldest entries go first
+                    states[job_id] = _JobState(
+                        state.job, state.counts, state.statuses, state.started
+                    )
+            while len(states) > _JOB_STATES_KEPT:
+                del states[next(iter(states))]
+
     def _load_job(self, conn: Connection, job_id: str) -> tuple[JobRecord, Any]:
         rows = self._load_jobs(conn, [job_id])
         if not rows:
@@ -490,9 +548,15 @@ class SQLStorage(Storage):
         """
         t = self.tables
         batch = CommitBatch(now)
+        conn.info.setdefault("stepflow_batches", []).append(batch)
         job_ids = set(job_ids) | {change.job_id for change in changes}
-        rows = self._load_jobs(conn, job_ids, lock=True)
-        counts = self._load_counts(conn, [row.id for row in rows])
+        # A job's ``seq`` moves with every change to its row and counters, so a job
+        # whose stored seq is the one this process last committed is exactly as it
+        # was left: lock and read just the versions, and load in full only the rest.
+        versions = self._job_versions(conn, job_ids)
+        stale = [job_id for job_id, seq in versions.items() if self._cached(job_id, seq) is None]
+        rows = self._load_jobs(conn, stale)
+        counts = self._load_counts(conn, stale)
         for row in rows:
             batch.add_job(
                 self._job_from_row(row),
@@ -500,6 +564,15 @@ class SQLStorage(Storage):
                 {k: StepStatus(s) for k, s in row.step_statuses.items()},
                 frozenset(row.started_steps),
             )
+        for job_id, seq in versions.items():
+            kept = self._cached(job_id, seq)
+            if kept is not None:
+                batch.add_job(
+                    dataclasses.replace(kept.job),
+                    {step: Counter(n) for step, n in kept.counts.items()},
+                    dict(kept.statuses),
+                    kept.started,
+                )
         for visit in visits:
             batch.add_visit(visit)
         named = {vc.visit_id for change in changes for vc in change.visits} - batch.stored

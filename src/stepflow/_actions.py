@@ -86,6 +86,36 @@ class ActionPlanner:
         if not item_ids:
             raise InvalidInput("item_ids is empty")
         found = await storage.get_visits(job.id, step, set(item_ids))
+        return self._named(found, step, item_ids, allowed, verb)
+
+    async def _visits_in_context(
+        self,
+        job: JobRecord,
+        step: str,
+        item_ids: Sequence[str] | None,
+        allowed: Collection[ItemStatus],
+        default: Collection[ItemStatus],
+        verb: str,
+    ) -> tuple[list[VisitRecord], dict[str, Any], dict[str, dict[str, Any]]]:
+        """:meth:`_visits` with the items and their outputs; named items in one read."""
+        if item_ids is None or not item_ids:
+            visits = await self._visits(job, step, item_ids, allowed, default, verb)
+            items, outputs = await self._context(job, visits)
+            return visits, items, outputs
+        found, items, outputs = await self._orch.storage.visits_with_context(
+            job.id, step, set(item_ids)
+        )
+        return self._named(found, step, item_ids, allowed, verb), items, outputs
+
+    @staticmethod
+    def _named(
+        found: Mapping[str, VisitRecord],
+        step: str,
+        item_ids: Sequence[str],
+        allowed: Collection[ItemStatus],
+        verb: str,
+    ) -> list[VisitRecord]:
+        """The visits of ``item_ids`` in that order, each checked to be ``allowed``."""
         for item_id in item_ids:
             if item_id not in found:
                 raise NotFound("item at step " + step, item_id)
@@ -157,11 +187,12 @@ class ActionPlanner:
         async def plan(job: JobRecord, pipeline: Pipeline) -> tuple[ChangeSet, list[str]]:
             definition = pipeline.step(step)
             ready = {I.PROCESSED} if definition.runs_work else {I.PROCESSED, I.AVAILABLE}
-            visits = await self._visits(job, step, item_ids, _PASSABLE, ready, "pass")
+            visits, items, outputs = await self._visits_in_context(
+                job, step, item_ids, _PASSABLE, ready, "pass"
+            )
             if not visits:
                 raise Conflict(f"no items to pass at step {step!r}")
             change = ChangeSet(job.id, reopen=True, expect_job=_NOT_CANCELLED)
-            items, outputs = await self._context(job, visits)
             for visit in visits:
                 leave(
                     change,
@@ -199,8 +230,9 @@ class ActionPlanner:
                 raise Conflict(f"step {step!r} takes no payload")
             if not payloads:
                 raise InvalidInput("payloads is empty")
-            visits = await self._visits(job, step, list(payloads), {I.AWAITING_INPUT}, (), "submit")
-            items, outputs = await self._context(job, visits)
+            visits, items, outputs = await self._visits_in_context(
+                job, step, list(payloads), {I.AWAITING_INPUT}, (), "submit"
+            )
             parsed = await self._validate(job, definition, payloads, defaults, items, outputs)
             change = ChangeSet(job.id, expect_job=_LIVE)
             now = self._now
@@ -348,7 +380,10 @@ class ActionPlanner:
         _check_reason(reason)
 
         async def plan(job: JobRecord, pipeline: Pipeline) -> tuple[ChangeSet, list[str]]:
-            (visit,) = await self._visits(job, step, [item_id], _SKIPPABLE, (), "skip")
+            visits, items, outputs = await self._visits_in_context(
+                job, step, [item_id], _SKIPPABLE, (), "skip"
+            )
+            (visit,) = visits
             change = ChangeSet(job.id, reopen=True, expect_job=_NOT_CANCELLED)
             now = self._now
             change.visits.append(
@@ -360,7 +395,6 @@ class ActionPlanner:
                     reason=reason,
                 )
             )
-            items, outputs = await self._context(job, [visit])
             follow(
                 change,
                 pipeline,

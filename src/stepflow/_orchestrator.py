@@ -703,12 +703,19 @@ class Orchestrator:
         Returns the snapshot at that moment; raises ``TimeoutError`` after ``timeout``.
         """
         busy = (StepStatus.IN_PROGRESS, StepStatus.RETRYING)
+
+        def settled(job: JobRecord, statuses: Mapping[str, StepStatus]) -> bool:
+            return job.status in (*JOB_TERMINAL, JobStatus.PAUSED) or not any(
+                status in busy for status in statuses.values()
+            )
+
         with anyio.fail_after(timeout):
             while True:
-                progress = await self.storage.progress(job_id)
-                job = progress.job
-                if job.status in (*JOB_TERMINAL, JobStatus.PAUSED) or not any(
-                    status in busy for status in progress.step_statuses.values()
-                ):
-                    return build_snapshot(progress, self._pipeline_for(job))
+                # Poll the job's row alone; read the counters only once it looks done.
+                job, statuses = await self.storage.step_statuses(job_id)
+                if settled(job, statuses):
+                    progress = await self.storage.progress(job_id)
+                    if settled(progress.job, progress.step_statuses):
+                        return build_snapshot(progress, self._pipeline_for(progress.job))
+                    job = progress.job
                 await self.broker.wait_job(job_id, job.seq, timeout=1.0)

@@ -114,6 +114,15 @@ class Storage(ABC):
         Its cost must not grow with the number of items.
         """
 
+    async def step_statuses(self, job_id: str) -> tuple[JobRecord, dict[str, StepStatus]]:
+        """The job and its steps' statuses, without counters: what a waiter polls.
+
+        The default reads :meth:`progress`; a storage that keeps step statuses on the
+        job's own row reads just that row.
+        """
+        progress = await self.progress(job_id)
+        return progress.job, dict(progress.step_statuses)
+
     @abstractmethod
     async def get_items(self, job_id: str, item_ids: Collection[str]) -> dict[str, ItemRecord]:
         """The named items of the job that exist (unknown ids are left out)."""
@@ -123,6 +132,17 @@ class Storage(ABC):
         self, job_id: str, step: str, item_ids: Collection[str]
     ) -> dict[str, VisitRecord]:
         """The visits of the named items at ``step``, by item id (absent ones left out)."""
+
+    async def visits_with_context(
+        self, job_id: str, step: str, item_ids: Collection[str]
+    ) -> tuple[dict[str, VisitRecord], dict[str, ItemRecord], dict[str, dict[str, Any]]]:
+        """What a person's action on named items reads, at once: their visits at
+        ``step`` (as :meth:`get_visits`), the items, and each item's outputs so far (as
+        :meth:`item_outputs`). A storage that can reads them in one transaction; this
+        default makes the three calls."""
+        visits = await self.get_visits(job_id, step, item_ids)
+        found = list(visits)
+        return visits, await self.get_items(job_id, found), await self.item_outputs(job_id, found)
 
     @abstractmethod
     async def find_visits(

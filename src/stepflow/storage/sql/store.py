@@ -1048,6 +1048,13 @@ class SQLStorage(Storage):
 
         return await self._read(op)
 
+    async def step_statuses(self, job_id: str) -> tuple[JobRecord, dict[str, StepStatus]]:
+        def op(conn: Connection) -> tuple[JobRecord, dict[str, StepStatus]]:
+            job, row = self._load_job(conn, job_id)
+            return job, {k: StepStatus(v) for k, v in row.step_statuses.items()}
+
+        return await self._read(op)
+
     async def progress(self, job_id: str) -> JobProgress:
         s = self.tables.substep_counts
 
@@ -1083,27 +1090,49 @@ class SQLStorage(Storage):
 
         return await self._read(op)
 
-    async def get_items(self, job_id: str, item_ids: Collection[str]) -> dict[str, ItemRecord]:
+    def _items(self, conn: Connection, job_id: str, item_ids: Collection[str]) -> dict[str, Any]:
         i = self.tables.items
+        query = self._stmt(
+            "job-items",
+            lambda: select(i).where(
+                i.c.job_id == bindparam("job"), i.c.id.in_(bindparam("ids", expanding=True))
+            ),
+        )
+        rows = conn.execute(query, {"job": job_id, "ids": sorted(item_ids)})
+        return {r.id: self._item_from_row(r) for r in rows}
 
-        def op(conn: Connection) -> dict[str, ItemRecord]:
-            rows = conn.execute(select(i).where(i.c.job_id == job_id, i.c.id.in_(list(item_ids))))
-            return {r.id: self._item_from_row(r) for r in rows}
+    def _visits_at(
+        self, conn: Connection, job_id: str, step: str, item_ids: Collection[str]
+    ) -> dict[str, VisitRecord]:
+        v = self.tables.visits
+        query = self._stmt(
+            "visits-at-step",
+            lambda: select(v).where(
+                v.c.job_id == bindparam("job"),
+                v.c.step == bindparam("step"),
+                v.c.item_id.in_(bindparam("ids", expanding=True)),
+            ),
+        )
+        rows = conn.execute(query, {"job": job_id, "step": step, "ids": sorted(item_ids)})
+        return {r.item_id: self._visit_from_row(r) for r in rows}
 
-        return await self._read(op)
+    async def get_items(self, job_id: str, item_ids: Collection[str]) -> dict[str, ItemRecord]:
+        return await self._read(lambda conn: self._items(conn, job_id, item_ids))
 
     async def get_visits(
         self, job_id: str, step: str, item_ids: Collection[str]
     ) -> dict[str, VisitRecord]:
-        v = self.tables.visits
+        return await self._read(lambda conn: self._visits_at(conn, job_id, step, item_ids))
 
-        def op(conn: Connection) -> dict[str, VisitRecord]:
-            rows = conn.execute(
-                select(v).where(
-                    v.c.job_id == job_id, v.c.step == step, v.c.item_id.in_(list(item_ids))
-                )
-            )
-            return {r.item_id: self._visit_from_row(r) for r in rows}
+    async def visits_with_context(
+        self, job_id: str, step: str, item_ids: Collection[str]
+    ) -> tuple[dict[str, VisitRecord], dict[str, ItemRecord], dict[str, dict[str, Any]]]:
+        def op(
+            conn: Connection,
+        ) -> tuple[dict[str, VisitRecord], dict[str, ItemRecord], dict[str, dict[str, Any]]]:
+            visits = self._visits_at(conn, job_id, step, item_ids)
+            found = list(visits)
+            return visits, self._items(conn, job_id, found), self._outputs(conn, found)
 
         return await self._read(op)
 

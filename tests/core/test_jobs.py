@@ -244,3 +244,60 @@ async def test_stopping_hands_running_work_back_and_a_restart_finishes_it() -> N
         snap = await orch.wait(job.id, timeout=10)
     assert snap.job.status is JobStatus.COMPLETED
     assert snap.steps[1].counts == {ItemStatus.PASSED: 2}
+
+
+def _count_creations(storage: Any) -> list[int]:
+    """Spy on ``storage.exchange``: the number of creating changes in each call."""
+    sizes: list[int] = []
+    exchange = storage.exchange
+
+    async def spy(changes: Any, *args: Any) -> Any:
+        sizes.append(sum(change.create is not None for change in changes))
+        return await exchange(changes, *args)
+
+    storage.exchange = spy
+    return sizes
+
+
+async def test_jobs_created_together_share_the_writers_transactions() -> None:
+    """Twenty jobs created at once go to storage in shared exchanges, and each completes."""
+    async with running(THREE, registry=handlers(ok=ok)) as orch:
+        sizes = _count_creations(orch.storage)
+        created: list[str] = []
+
+        async def create(n: int) -> None:
+            created.append((await orch.create_job("p", items(1), metadata={"n": n})).id)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(create, n)
+        snaps = [await orch.wait(job_id, timeout=10) for job_id in created]
+    assert len(set(created)) == 20
+    assert sum(sizes) == 20 and max(sizes) > 1
+    assert {snap.job.status for snap in snaps} == {JobStatus.COMPLETED}
+
+
+async def test_a_process_without_workers_batches_creations_and_claims_nothing() -> None:
+    """With run_workers=False, jobs created at once share writes and their items wait."""
+    from stepflow import Orchestrator
+
+    from . import kit
+
+    storage = kit.STORAGE["factory"](None)
+    sizes = _count_creations(storage)
+    async with Orchestrator(
+        storage, handlers=handlers(ok=ok), pipelines=[THREE], run_workers=False
+    ) as orch:
+
+        async def create(key: str) -> None:
+            await orch.create_job("p", items(2), idempotency_key=key)
+
+        async with anyio.create_task_group() as tg:
+            for key in ("x", "y", "y", "z"):  # one key twice: the same job comes back
+                tg.start_soon(create, key)
+        jobs = [await orch.create_job("p", items(2), idempotency_key=k) for k in "xyz"]
+        pages = [await orch.list_items(job.id, "a") for job in jobs]
+    assert len({job.id for job in jobs}) == 3
+    assert max(sizes) > 1
+    for page in pages:
+        assert {item.status for item in page.items} == {ItemStatus.AVAILABLE}

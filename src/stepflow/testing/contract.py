@@ -127,6 +127,83 @@ class StorageContract:
         with pytest.raises(NotFound):
             await storage.get_job(second.id)
 
+    async def test_an_exchange_creates_jobs_and_claims_their_first_work(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """Creating changes in one exchange each store their job; a repeated key answers
+        with the first job; the new jobs' first visits are claimed in the same call."""
+        first, second, again = _job(), _job(), _job()
+        second.idempotency_key = again.idempotency_key = "key-exchange"
+        changes = []
+        for job, n in ((first, 1), (second, 2), (again, 4)):
+            change = _creation(job, n, clock.now())
+            change.create = job
+            changes.append(change)
+        results, claims = await storage.exchange(changes, "owner", 10, 30.0)
+        assert [r.created for r in results if not isinstance(r, Exception)] == [True, True, False]
+        made = [r.job for r in results if not isinstance(r, Exception) and r.job is not None]
+        assert [job.id for job in made] == [first.id, second.id, second.id]
+        assert sorted(c.job.id for c in claims) == sorted([first.id, second.id, second.id])
+        counts = (await storage.progress(second.id)).counts["a"]
+        assert {status: n for status, n in counts.items() if n} == {I.PROCESSING: 2}
+        with pytest.raises(NotFound):
+            await storage.get_job(again.id)
+
+    async def test_a_refused_creation_stores_nothing_and_spares_the_others(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """A creating change whose guard fails leaves no job behind; the next one stands."""
+        bad, good = _job(), _job()
+        refused = _creation(bad, 1, clock.now())
+        refused.create = bad
+        refused.visits.append(VisitChange("no-such-visit", expect=I.AVAILABLE, status=I.SKIPPED))
+        fine = _creation(good, 1, clock.now())
+        fine.create = good
+        results, _ = await storage.exchange([refused, fine], "owner", 0, 30.0)
+        assert isinstance(results[0], NotFound)
+        assert not isinstance(results[1], Exception) and results[1].created
+        with pytest.raises(NotFound):
+            await storage.get_job(bad.id)
+        assert (await storage.progress(good.id)).counts["a"] == {I.AVAILABLE: 1}
+
+    async def test_step_statuses_agree_with_progress(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """The cheap poll gives the same job status and step statuses as the full read."""
+        job = await self._new_job(storage, clock, n=2)
+        await storage.claim("owner", 1, 30.0)
+        polled, statuses = await storage.step_statuses(job.id)
+        progress = await storage.progress(job.id)
+        assert polled.status is progress.job.status and polled.seq == progress.job.seq
+        assert statuses == dict(progress.step_statuses)
+
+    async def test_visits_with_context_reads_what_an_action_needs(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """Named items' visits, items and outputs come back together; unknown ids are left out."""
+        job = await self._new_job(storage, clock, n=2)
+        [claim] = await storage.claim("owner", 1, 30.0)
+        await storage.commit(
+            ChangeSet(
+                job.id,
+                visits=[
+                    VisitChange(
+                        claim.visit.id,
+                        expect=I.PROCESSING,
+                        status=I.PROCESSED,
+                        token=claim.visit.token,
+                        fields={"output": {"seen": True}},
+                    )
+                ],
+            )
+        )
+        wanted = {claim.item.id, "unknown"}
+        visits, items, outputs = await storage.visits_with_context(job.id, "a", wanted)
+        assert set(visits) == set(items) == set(outputs) == {claim.item.id}
+        assert visits[claim.item.id].status is I.PROCESSED
+        assert items[claim.item.id].data == claim.item.data
+        assert outputs[claim.item.id] == {"a": {"seen": True}}
+
     async def test_a_failed_guard_writes_nothing(self, storage: Storage, clock: FakeClock) -> None:
         """A change set with one stale guard is refused whole: no visit, counter or event moves."""
         job = await self._new_job(storage, clock, n=2)

@@ -10,15 +10,13 @@ hand anywhere else.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ._errors import Conflict, LeaseLost, NotFound, StaleWrite
-from ._records import ChangeSet, EventDraft, JobRecord, VisitChange, VisitRecord
+from ._records import ChangeSet, EventDraft, JobRecord, VisitChange, VisitRecord, copy_visit
 from ._states import (
-    ITEM_OPEN,
     JOB_TERMINAL,
     ItemStatus,
     JobStatus,
@@ -27,6 +25,7 @@ from ._states import (
     check_transition,
     derive_job_status,
     derive_step_status,
+    has_open,
 )
 
 __all__ = [
@@ -122,7 +121,7 @@ def step_statuses(
             started=info.runs_work and (job.auto_process or info.key in started),
             upstream_open=upstream_open,
         )
-        upstream_open = upstream_open or any(step_counts.get(s, 0) for s in ITEM_OPEN)
+        upstream_open = upstream_open or has_open(step_counts)
     return result
 
 
@@ -161,7 +160,7 @@ def plan_commit(
             raise StaleWrite(f"visit {vc.visit_id} is {current.status}, expected {vc.expect}")
         if vc.token is not None and current.token != vc.token:
             raise LeaseLost(f"visit {vc.visit_id} was claimed again (token {current.token})")
-        after = dataclasses.replace(current, **vc.fields)
+        after = copy_visit(current, vc.fields)
         after.updated_at = now
         if vc.substeps:
             after.substeps = dict(current.substeps)
@@ -246,13 +245,13 @@ def _derive(
     after_counts: dict[str, Mapping[ItemStatus, int]] = {
         info.key: counts.get(info.key, {}) for info in job.steps
     }
-    copied: dict[str, Counter[ItemStatus]] = {}  # never change the storage's own counters
+    copied: dict[str, dict[ItemStatus, int]] = {}  # never change the storage's own counters
     for (step, status), delta in plan.count_deltas.items():
         if delta:
             if step not in copied:
-                copied[step] = Counter(after_counts[step])
+                copied[step] = dict(after_counts[step])
                 after_counts[step] = copied[step]
-            copied[step][status] += delta
+            copied[step][status] = copied[step].get(status, 0) + delta
     current = job.status
     if change.job_status is not None and change.job_status is not current:
         check_transition("job", current, change.job_status, explicit=change.reopen)

@@ -14,7 +14,9 @@ pure code in :mod:`stepflow._commit`, so every backend derives them the same way
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from ._states import ItemStatus, JobStatus, StepStatus
@@ -30,6 +32,7 @@ __all__ = [
     "StepInfo",
     "VisitChange",
     "VisitRecord",
+    "copy_visit",
 ]
 
 
@@ -106,6 +109,21 @@ class VisitRecord:
     progress: dict[str, Any] | None = None
     started_at: float | None = None
     finished_at: float | None = None
+
+
+_VISIT_VALUES = attrgetter(*(f.name for f in fields(VisitRecord)))
+
+
+def copy_visit(visit: VisitRecord, changes: Mapping[str, Any] | None = None) -> VisitRecord:
+    """A copy of ``visit`` with ``changes`` (field name to value) applied.
+
+    The same as :func:`dataclasses.replace`, at half the cost: every commit copies each
+    visit it changes, so this is on the hot path of every transition.
+    """
+    copy = VisitRecord(*_VISIT_VALUES(visit))
+    for name, value in (changes or {}).items():
+        setattr(copy, name, value)
+    return copy
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ __all__ = [
     "check_transition",
     "derive_job_status",
     "derive_step_status",
+    "has_open",
 ]
 
 
@@ -138,6 +139,7 @@ ITEM_OPEN: frozenset[ItemStatus] = frozenset(
     {I.AVAILABLE, I.PROCESSING, I.RETRYING, I.AWAITING_INPUT, I.PROCESSED}
 )
 ITEM_SETTLED: frozenset[ItemStatus] = frozenset(ItemStatus) - ITEM_OPEN
+_OPEN_ORDER = tuple(ITEM_OPEN)  #: for a quick scan of a step's counts
 
 #: Allowed sub-step changes (runs, a person's marks, resets and resumes).
 SUBSTEP_TRANSITIONS: Mapping[SubStepStatus, frozenset[SubStepStatus]] = {
@@ -187,12 +189,10 @@ def derive_step_status(
     at earlier steps could still arrive. See ``docs/states.md`` for the table.
     """
 
-    def n(status: ItemStatus) -> int:
-        return counts.get(status, 0)
-
-    if sum(counts.values()) == 0:
+    n = counts.get  # this runs for every step of every commit: no helper calls
+    if not any(counts.values()):
         return S.PENDING if upstream_open else S.SKIPPED
-    if n(I.PROCESSING) or (n(I.AVAILABLE) and started):
+    if n(I.PROCESSING) or (started and n(I.AVAILABLE)):
         return S.IN_PROGRESS
     if n(I.RETRYING):
         return S.RETRYING
@@ -203,6 +203,11 @@ def derive_step_status(
     if n(I.FAILED):
         return S.FAILED
     return S.SKIPPED
+
+
+def has_open(counts: Mapping[ItemStatus, int]) -> bool:
+    """Whether any item counted in ``counts`` is open (still needs work or a person)."""
+    return any(map(counts.get, _OPEN_ORDER))
 
 
 def derive_job_status(
@@ -218,8 +223,7 @@ def derive_job_status(
     """
     if current in (J.DRAFT, J.PAUSED, J.CANCELLED):
         return current
-    open_items = sum(c.get(s, 0) for c in step_counts for s in ITEM_OPEN)
-    if open_items == 0:
+    if not any(has_open(c) for c in step_counts):
         last = step_counts[-1] if step_counts else {}
         finished = last.get(I.PASSED, 0) + last.get(I.SKIPPED, 0)
         return J.COMPLETED if finished else J.FAILED

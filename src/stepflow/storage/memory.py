@@ -33,6 +33,7 @@ from .._records import (
     ItemRecord,
     JobRecord,
     VisitRecord,
+    copy_visit,
 )
 from .._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 from ..ports import Clock, JobProgress, Storage
@@ -233,7 +234,7 @@ class MemoryStorage(Storage):
                 and visit.lease_owner == owner
                 and (visit.lease_expires_at or 0) >= now
             ):
-                self._visits[visit_id] = dataclasses.replace(visit, lease_expires_at=expires)
+                self._visits[visit_id] = copy_visit(visit, {"lease_expires_at": expires})
                 kept.add((visit_id, token))
         return kept
 

@@ -59,6 +59,7 @@ from ..._records import (
     JobRecord,
     StepInfo,
     VisitRecord,
+    copy_visit,
 )
 from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 from ...ports import Clock, JobProgress, Storage
@@ -906,7 +907,7 @@ class SQLStorage(Storage):
             Claim(
                 jobs[vis.job_id],
                 items[vis.item_id],
-                dataclasses.replace(vis),
+                copy_visit(vis),
                 outputs.get(vis.item_id, {}),
             )
             for vis in claimed

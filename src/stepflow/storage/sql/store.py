@@ -111,6 +111,17 @@ def _is_retryable(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+#: The job columns a commit changes (the rest are fixed at creation).
+_JOB_FIELDS = (
+    "status",
+    "seq",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "item_count",
+    "step_statuses",
+    "started_steps",
+)
 _JOB_STATES_KEPT = 10_000  #: jobs whose committed state one process keeps
 
 
@@ -215,14 +226,27 @@ class SQLStorage(Storage):
             f"VALUES ({', '.join(self._marker() for _ in names)})"
         )
 
-    def _raw_visit_update(self) -> str:
-        """``UPDATE visits SET <every visit field> WHERE id = ?`` for the driver."""
+    def _raw_update(self, table: Any, names: Sequence[str]) -> str:
+        """``UPDATE <table> SET <names> WHERE id = ?`` for the driver, quoted."""
         preparer = self.engine.dialect.identifier_preparer
         marker = self._marker()
-        assignments = ", ".join(f"{preparer.quote(name)} = {marker}" for name in _VISIT_FIELDS)
+        assignments = ", ".join(f"{preparer.quote(name)} = {marker}" for name in names)
         return (
-            f"UPDATE {preparer.format_table(self.tables.visits)} SET {assignments} "
+            f"UPDATE {preparer.format_table(table)} SET {assignments} "
             f"WHERE {preparer.quote('id')} = {marker}"
+        )
+
+    def _raw_add(self, table: Any) -> str:
+        """``INSERT ... ON CONFLICT (<key>) DO UPDATE SET n = n + excluded.n``: add to a
+        counter row, creating it at the first count (the same SQL on both databases)."""
+        preparer = self.engine.dialect.identifier_preparer
+        names = [column.name for column in table.columns]
+        key = ", ".join(preparer.quote(c.name) for c in table.primary_key.columns)
+        n = preparer.quote("n")
+        return (
+            self._raw_insert(table, names)
+            + f" ON CONFLICT ({key}) DO UPDATE SET {n} = {preparer.format_table(table)}.{n}"
+            f" + excluded.{n}"
         )
 
     def _encode_json(self, value: Any) -> Any:
@@ -726,7 +750,7 @@ class SQLStorage(Storage):
                 rows.append(values)
             self._insert_many(conn, t.visits, rows)
         if changed:
-            sql = self._stmt("raw-update-visits", self._raw_visit_update)
+            sql = self._stmt("raw-update-visits", lambda: self._raw_update(t.visits, _VISIT_FIELDS))
             updates = []
             for visit in sorted(changed, key=lambda vis: vis.id):
                 values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
@@ -761,9 +785,9 @@ class SQLStorage(Storage):
             self._insert_many(conn, t.events, batch.events)
         jobs = batch.changed_jobs()
         if jobs:
+            sql = self._stmt("raw-update-jobs", lambda: self._raw_update(t.jobs, _JOB_FIELDS))
             rows = [
                 {
-                    "b_id": state.job.id,
                     "status": state.job.status.value,
                     "seq": state.job.seq,
                     "updated_at": state.job.updated_at,
@@ -772,19 +796,11 @@ class SQLStorage(Storage):
                     "item_count": state.job.item_count,
                     "step_statuses": {k: s.value for k, s in state.statuses.items()},
                     "started_steps": sorted(state.started),
+                    "id": state.job.id,
                 }
                 for state in jobs
             ]
-            names = [name for name in rows[0] if name != "b_id"]
-            query = self._stmt(
-                "update-jobs",
-                lambda: (
-                    update(t.jobs)
-                    .where(t.jobs.c.id == bindparam("b_id"))
-                    .values({name: bindparam(name) for name in names})
-                ),
-            )
-            conn.execute(query, rows)
+            self._run_raw(conn, sql, t.jobs, (*_JOB_FIELDS, "id"), rows)
         if batch.actions:
             conn.execute(self._stmt("insert-actions", lambda: insert(t.actions)), batch.actions)
 
@@ -821,24 +837,13 @@ class SQLStorage(Storage):
     ) -> None:
         if not deltas:
             return
-
-        def build() -> Any:
-            if self.is_sqlite:
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
-            statement = dialect_insert(table)
-            return statement.on_conflict_do_update(
-                index_elements=[c.name for c in table.primary_key.columns],
-                set_={"n": table.c.n + statement.excluded.n},
-            )
-
         # One statement for all counters (rows in key order, so writers lock alike).
         rows = [
             {"n": delta, **key}
             for key, delta in sorted(deltas, key=lambda kd: sorted(kd[0].items()))
         ]
-        conn.execute(self._stmt(f"add-{table.name}", build), rows)
+        sql = self._stmt(f"raw-add-{table.name}", lambda: self._raw_add(table))
+        self._run_raw(conn, sql, table, [column.name for column in table.columns], rows)
 
     # -- claiming and leases ----------------------------------------------------------
 

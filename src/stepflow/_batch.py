@@ -263,6 +263,21 @@ class CommitBatch:
             claimed.extend(self.visits[v.id] for v in visits)
         return claimed
 
+    def written(self) -> None:
+        """What the batch holds is written: forget it, keep the jobs' state, so a next
+        part (of a creation too large to hold at once) can be applied and written."""
+        for state in self.jobs.values():
+            state.new = state.changed = False  # the rows exist and are up to date
+            state.started_before = state.started
+        self.visits.clear()
+        self.stored.clear()
+        self.touched.clear()
+        self.new_items.clear()
+        self.count_deltas.clear()
+        self.substep_deltas.clear()
+        self.events.clear()
+        self.actions.clear()
+
     # -- what to write ----------------------------------------------------------------
 
     def visit_rows(self) -> tuple[list[VisitRecord], list[VisitRecord]]:

@@ -13,7 +13,15 @@ from __future__ import annotations
 import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AsyncExitStack
 from typing import Any, Literal, Self
 
@@ -68,6 +76,34 @@ def _actor(actor: ActorLike) -> Actor:
         return Actor(id=actor)
     except ValidationError as exc:
         raise InvalidInput(f"actor: {exc.errors()[0]['msg']}") from None
+
+
+_CREATION_PART = 5_000  #: items per part of a large job's creation
+
+
+class _Parts:
+    """The parts of a large creation after the first, each built when it is taken
+    (iterable again, for a storage that retries its transaction); the last one starts
+    the job."""
+
+    def __init__(
+        self,
+        job_id: str,
+        actor: str,
+        count: int,
+        add_items: Callable[[ChangeSet, int], None],
+        start: bool,
+    ) -> None:
+        self._job_id, self._actor, self._count = job_id, actor, count
+        self._add_items, self._start = add_items, start
+
+    def __iter__(self) -> Iterator[ChangeSet]:
+        for first in range(_CREATION_PART, self._count, _CREATION_PART):
+            part = ChangeSet(self._job_id, actor=self._actor)
+            self._add_items(part, first)
+            if self._start and first + _CREATION_PART >= self._count:
+                part.job_status = JobStatus.PENDING
+            yield part
 
 
 class Orchestrator:
@@ -261,18 +297,27 @@ class Orchestrator:
                 },
             )
         )
-        for item_input in parsed:
-            item = new_item(job.id, item_input.key, dict(item_input.data), 0, now)
-            change.new_items.append(item)
-            change.new_visits.extend(arrive(definition, item, 0, meta, {}, now))
-        if start:
-            change.job_status = JobStatus.PENDING
-        change.create = job
-        # Through the one writer: jobs created together share a transaction, and the
-        # new job's first work is claimed in the transaction that creates it.
-        created = await self.engine.commit(change)
-        stored = created.job
-        assert stored is not None
+
+        def add_items(part: ChangeSet, first: int) -> None:
+            for item_input in parsed[first : first + _CREATION_PART]:
+                item = new_item(job.id, item_input.key, dict(item_input.data), 0, now)
+                part.new_items.append(item)
+                part.new_visits.extend(arrive(definition, item, 0, meta, {}, now))
+
+        add_items(change, 0)
+        if len(parsed) <= _CREATION_PART:
+            change.job_status = JobStatus.PENDING if start else None
+            change.create = job
+            # Through the one writer: jobs created together share a transaction, and
+            # the new job's first work is claimed in the transaction that creates it.
+            created = await self.engine.commit(change)
+            assert created.job is not None
+            stored = created.job
+        else:
+            # Too large to hold at once: the storage builds and writes it part by part,
+            # in one transaction of its own.
+            parts = _Parts(job.id, who.id, len(parsed), add_items, start)
+            stored, _ = await self.storage.create_job(job, change, more=parts)
         self.broker.publish_job(stored.id, stored.seq)
         self.broker.publish_work()
         return job_view(stored)

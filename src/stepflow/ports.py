@@ -12,7 +12,7 @@ implementations and (for storages) a contract suite any implementation must pass
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import anyio
@@ -96,8 +96,16 @@ class Storage(ABC):
         return None
 
     @abstractmethod
-    async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
+    async def create_job(
+        self, job: JobRecord, change: ChangeSet, more: Iterable[ChangeSet] = ()
+    ) -> tuple[JobRecord, bool]:
         """Insert ``job`` and apply ``change`` (its items and first visits) atomically.
+
+        ``more`` holds further parts of the same creation (more items and their first
+        visits, the last one may set the job's status), applied after ``change`` in the
+        same transaction: a storage may write each part before it takes the next, so a
+        job of 100,000 items is never in memory whole. ``more`` may be iterated again
+        when a storage retries its transaction.
 
         If a job with the same non-null ``idempotency_key`` exists, write nothing and
         return ``(existing_job, False)``; else return ``(job, True)``.

@@ -301,3 +301,21 @@ async def test_a_process_without_workers_batches_creations_and_claims_nothing() 
     assert max(sizes) > 1
     for page in pages:
         assert {item.status for item in page.items} == {ItemStatus.AVAILABLE}
+
+
+async def test_a_job_too_large_to_hold_at_once_is_created_whole_in_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A creation over the part size goes to storage in parts and is one job, in order."""
+    from stepflow import _orchestrator
+
+    monkeypatch.setattr(_orchestrator, "_CREATION_PART", 3)
+    async with running(THREE, registry=handlers(ok=ok)) as orch:
+        job = await orch.create_job("p", items(10))
+        snap = await orch.wait(job.id, timeout=10)
+        page = await orch.list_items(job.id, "c", limit=100)
+        draft = await orch.create_job("p", items(7), start=False)
+    assert snap.job.status is JobStatus.COMPLETED
+    assert snap.steps[2].counts == {ItemStatus.PASSED: 10}
+    assert [item.key for item in page.items] == [f"i{k}" for k in range(10)]
+    assert draft.status is JobStatus.DRAFT

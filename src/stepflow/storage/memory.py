@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from .._clock import SystemClock
@@ -44,6 +44,27 @@ _ACTIVE = (JobStatus.PENDING, JobStatus.IN_PROGRESS)
 _CLAIMABLE = (ItemStatus.AVAILABLE, ItemStatus.RETRYING)
 
 
+def _joined(change: ChangeSet, more: Iterable[ChangeSet]) -> ChangeSet:
+    """``change`` with the parts of ``more`` folded in, in order."""
+    parts = list(more)
+    if not parts:
+        return change
+    joined = dataclasses.replace(
+        change,
+        visits=list(change.visits),
+        new_items=list(change.new_items),
+        new_visits=list(change.new_visits),
+        events=list(change.events),
+    )
+    for part in parts:
+        joined.visits.extend(part.visits)
+        joined.new_items.extend(part.new_items)
+        joined.new_visits.extend(part.new_visits)
+        joined.events.extend(part.events)
+        joined.job_status = part.job_status or joined.job_status
+    return joined
+
+
 class MemoryStorage(Storage):
     """Everything in dicts, in this process; lost when the process ends."""
 
@@ -67,7 +88,10 @@ class MemoryStorage(Storage):
 
     # -- writes -------------------------------------------------------------------
 
-    async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
+    async def create_job(
+        self, job: JobRecord, change: ChangeSet, more: Iterable[ChangeSet] = ()
+    ) -> tuple[JobRecord, bool]:
+        change = _joined(change, more)  # everything is in memory anyway: one change
         if job.idempotency_key is not None and job.idempotency_key in self._by_key:
             return self._jobs[self._by_key[job.idempotency_key]], False
         if job.id in self._jobs:

@@ -204,6 +204,38 @@ class StorageContract:
         assert items[claim.item.id].data == claim.item.data
         assert outputs[claim.item.id] == {"a": {"seen": True}}
 
+    async def test_a_creation_in_parts_is_one_whole_job(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """``more`` parts add their items in order; the last part's status holds."""
+        job = _job()
+        head = _creation(job, 2, clock.now())
+        head.job_status = None
+        parts = [_creation(job, 3, clock.now()), _creation(job, 4, clock.now())]
+        for part in parts:
+            part.events.clear()
+            part.job_status = None
+        parts[-1].job_status = JobStatus.PENDING
+        stored, created = await storage.create_job(job, head, more=parts)
+        assert created and stored.item_count == 9
+        progress = await storage.progress(job.id)
+        assert progress.job.status is JobStatus.PENDING
+        assert progress.counts["a"] == {I.AVAILABLE: 9}
+        page = await storage.list_visits(job.id, "a", None, 0, 100)
+        assert [visit.position for _, visit in page] == list(range(1, 10))
+        events = await storage.read_events(job.id, 0, 1000)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+    async def test_a_refused_part_leaves_no_job(self, storage: Storage, clock: FakeClock) -> None:
+        """A creation whose later part fails its guard is refused whole: no job, no items."""
+        job = _job()
+        bad = _creation(job, 1, clock.now())
+        bad.visits.append(VisitChange("no-such-visit", expect=I.AVAILABLE, status=I.SKIPPED))
+        with pytest.raises(NotFound):
+            await storage.create_job(job, _creation(job, 2, clock.now()), more=[bad])
+        with pytest.raises(NotFound):
+            await storage.get_job(job.id)
+
     async def test_a_failed_guard_writes_nothing(self, storage: Storage, clock: FakeClock) -> None:
         """A change set with one stale guard is refused whole: no visit, counter or event moves."""
         job = await self._new_job(storage, clock, n=2)

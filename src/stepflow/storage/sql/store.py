@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -632,11 +632,41 @@ class SQLStorage(Storage):
         ids = [row.id for row in conn.execute(query, {"keys": sorted(set(keys))})]
         return [self._job_from_row(row) for row in self._load_jobs(conn, ids)]
 
-    async def create_job(self, job: JobRecord, change: ChangeSet) -> tuple[JobRecord, bool]:
-        # One write path: a creation is a change like any other (see ``exchange``).
-        result = await self.commit(dataclasses.replace(change, create=job))
-        assert result.job is not None
-        return result.job, result.created
+    async def create_job(
+        self, job: JobRecord, change: ChangeSet, more: Iterable[ChangeSet] = ()
+    ) -> tuple[JobRecord, bool]:
+        if more == ():
+            # One write path: a creation is a change like any other (see ``exchange``).
+            result = await self.commit(dataclasses.replace(change, create=job))
+            assert result.job is not None
+            return result.job, result.created
+
+        key = job.idempotency_key
+
+        def op(conn: Connection) -> tuple[JobRecord, bool]:
+            # A large creation, in its own transaction, written part by part.
+            existing = self._jobs_by_key(conn, [key] if key else [])
+            if existing:
+                return existing[0], False
+            batch = self._batch(conn, self._db_now(conn), ())
+            batch.create(dataclasses.replace(change, create=job))
+            for part in more:
+                self._write_batch(conn, batch)
+                batch.written()
+                batch.apply(part)
+            self._write_batch(conn, batch)
+            return batch.job_copy(job.id), True
+
+        try:
+            return await self._write(op)
+        except IntegrityError:
+            if key is None:
+                raise InvalidInput(f"job id {job.id!r} already exists") from None
+            # Another writer created the job with this key first: return theirs.
+            theirs = await self._read(lambda conn: self._jobs_by_key(conn, [key]))
+            if not theirs:
+                raise
+            return theirs[0], False
 
     async def commit(self, change: ChangeSet) -> CommitResult:
         results, _ = await self.exchange([change], "", 0, 0.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -20,7 +21,7 @@ from ._errors import ActionRejected, Conflict, InvalidInput, NotFound
 from ._handlers import ActionContext
 from ._jsonsafe import check_json
 from ._planning import follow, leave
-from ._records import ChangeSet, JobRecord, VisitChange, VisitRecord
+from ._records import ActionReads, ChangeSet, JobRecord, VisitChange, VisitRecord
 from ._states import (
     ITEM_OPEN,
     JOB_TERMINAL,
@@ -33,7 +34,7 @@ from ._states import (
 if TYPE_CHECKING:
     from ._orchestrator import Orchestrator
 
-__all__ = ["ActionPlanner", "deep_merge"]
+__all__ = ["READ_AHEAD", "ActionPlanner", "deep_merge"]
 
 Plan = Callable[[JobRecord, Pipeline], Awaitable[tuple[ChangeSet, list[str]]]]
 I, U = ItemStatus, SubStepStatus
@@ -61,6 +62,23 @@ def _check_reason(reason: str | None) -> None:
         raise InvalidInput(f"reason is {len(reason)} characters, over the limit of 2000")
 
 
+#: What the running action read before planning (set by the orchestrator around a plan).
+READ_AHEAD: ContextVar[ActionReads | None] = ContextVar("stepflow_read_ahead", default=None)
+
+
+def _read_ahead(job: JobRecord, step: str, item_ids: Sequence[str]) -> ActionReads | None:
+    """The action's reads, when they were of these items at this step of this job."""
+    reads = READ_AHEAD.get()
+    if (
+        reads is None
+        or reads.job is not job
+        or reads.step != step
+        or reads.item_ids != frozenset(item_ids)
+    ):
+        return None
+    return reads
+
+
 class ActionPlanner:
     """One planner factory per action; each returns an async ``plan(job, pipeline)``."""
 
@@ -85,7 +103,8 @@ class ActionPlanner:
             return await storage.find_visits(job.id, step, default, _ALL)
         if not item_ids:
             raise InvalidInput("item_ids is empty")
-        found = await storage.get_visits(job.id, step, set(item_ids))
+        reads = _read_ahead(job, step, item_ids)
+        found = reads.visits if reads else await storage.get_visits(job.id, step, set(item_ids))
         return self._named(found, step, item_ids, allowed, verb)
 
     async def _visits_in_context(
@@ -102,10 +121,11 @@ class ActionPlanner:
             visits = await self._visits(job, step, item_ids, allowed, default, verb)
             items, outputs = await self._context(job, visits)
             return visits, items, outputs
-        found, items, outputs = await self._orch.storage.visits_with_context(
-            job.id, step, set(item_ids)
-        )
-        return self._named(found, step, item_ids, allowed, verb), items, outputs
+        reads = _read_ahead(job, step, item_ids)
+        if reads is None:
+            reads = await self._orch.storage.action_reads(job.id, None, step, set(item_ids))
+        visits = self._named(reads.visits, step, item_ids, allowed, verb)
+        return visits, reads.items, reads.outputs
 
     @staticmethod
     def _named(

@@ -199,11 +199,13 @@ class Engine:
             self._failures = 0
             self.writes += 1
             self._writing = 0
-            self._settle(writes, results)
+            # Workers first: the work a person's action released starts before the
+            # action's caller is woken with its result.
             for claim in claims:
                 self._busy += 1
                 send.send_nowait(claim)
                 self._publish(claim.job.id, claim.job.seq)
+            self._settle(writes, results)
             self._check_idle()
             if writes or claims:
                 continue

@@ -28,7 +28,7 @@ from typing import Any, Literal, Self
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ._actions import ActionPlanner
+from ._actions import READ_AHEAD, ActionPlanner
 from ._clock import SystemClock
 from ._definitions import Pipeline
 from ._engine import Engine
@@ -583,7 +583,12 @@ class Orchestrator:
         who = _actor(actor)
         if action_id is not None and not 0 < len(action_id) <= 256:
             raise InvalidInput("action_id must have 1 to 256 characters")
-        job = await self.storage.get_job(job_id)
+        # The job, the action id's earlier result and the named items: one read.
+        named = step is not None and bool(item_ids)
+        reads = await self.storage.action_reads(
+            job_id, action_id, step if named else None, set(item_ids or ()) if named else ()
+        )
+        job = reads.job
         pipeline = self._pipeline_for(job)
         if step is not None:
             pipeline.step(step)
@@ -598,12 +603,15 @@ class Orchestrator:
                 substep=substep,
             )
         )
-        if action_id is not None:
-            previous = await self.storage.get_action(job_id, action_id)
-            if previous is not None:
-                return self._duplicate(action, job_id, action_id, previous, job.seq)
+        if reads.previous is not None:
+            assert action_id is not None
+            return self._duplicate(action, job_id, action_id, reads.previous, job.seq)
         for _ in range(_PLAN_RETRIES):
-            change, affected = await plan(job, pipeline)
+            ahead = READ_AHEAD.set(reads)  # the plan reuses what was just read
+            try:
+                change, affected = await plan(job, pipeline)
+            finally:
+                READ_AHEAD.reset(ahead)
             change.actor = who.id
             change.action_id = action_id
             change.action_result = {"affected": affected}
@@ -624,8 +632,11 @@ class Orchestrator:
                 result = await self.engine.commit(change)
             except DuplicateAction as dup:
                 return self._duplicate(action, job_id, action_id, dup.result or {}, job.seq)
-            except StaleWrite:
-                job = await self.storage.get_job(job_id)
+            except StaleWrite:  # items moved since the reads: read again, plan again
+                reads = await self.storage.action_reads(
+                    job_id, None, step if named else None, set(item_ids or ()) if named else ()
+                )
+                job = reads.job
                 continue
             self.broker.publish_job(job_id, result.seq)
             self.broker.publish_work()

@@ -22,6 +22,7 @@ from typing import Any
 from ._states import ItemStatus, JobStatus, StepStatus
 
 __all__ = [
+    "ActionReads",
     "ChangeSet",
     "Claim",
     "CommitResult",
@@ -193,6 +194,21 @@ class EventRecord:
     step: str | None = None
     item_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ActionReads:
+    """What a person's action reads before it plans, read together (one transaction
+    where the storage can): the job, the action id's earlier result, and — when the
+    action names items at a step — their visits there, the items and their outputs."""
+
+    job: JobRecord
+    previous: dict[str, Any] | None = None  #: the action id's stored result, if applied
+    step: str | None = None  #: the step the visits were read at (``None``: none read)
+    item_ids: frozenset[str] = frozenset()  #: the item ids asked for
+    visits: dict[str, VisitRecord] = field(default_factory=dict)  #: by item id
+    items: dict[str, ItemRecord] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ import anyio
 from ._definitions import RateLimit
 from ._errors import StepflowError
 from ._records import (
+    ActionReads,
     ChangeSet,
     Claim,
     CommitResult,
@@ -141,16 +142,28 @@ class Storage(ABC):
     ) -> dict[str, VisitRecord]:
         """The visits of the named items at ``step``, by item id (absent ones left out)."""
 
-    async def visits_with_context(
-        self, job_id: str, step: str, item_ids: Collection[str]
-    ) -> tuple[dict[str, VisitRecord], dict[str, ItemRecord], dict[str, dict[str, Any]]]:
-        """What a person's action on named items reads, at once: their visits at
-        ``step`` (as :meth:`get_visits`), the items, and each item's outputs so far (as
-        :meth:`item_outputs`). A storage that can reads them in one transaction; this
-        default makes the three calls."""
-        visits = await self.get_visits(job_id, step, item_ids)
-        found = list(visits)
-        return visits, await self.get_items(job_id, found), await self.item_outputs(job_id, found)
+    async def action_reads(
+        self,
+        job_id: str,
+        action_id: str | None,
+        step: str | None,
+        item_ids: Collection[str],
+    ) -> ActionReads:
+        """Everything a person's action reads before it plans, at once: the job (or
+        ``NotFound``), ``action_id``'s stored result (as :meth:`get_action`), and, when
+        ``step`` is given, the named items' visits there (as :meth:`get_visits`), the
+        items and their outputs so far (as :meth:`item_outputs`). A storage that can
+        reads it all in one transaction; this default makes the separate calls."""
+        reads = ActionReads(await self.get_job(job_id))
+        if action_id is not None:
+            reads.previous = await self.get_action(job_id, action_id)
+        if step is not None and item_ids:
+            reads.step, reads.item_ids = step, frozenset(item_ids)
+            reads.visits = await self.get_visits(job_id, step, item_ids)
+            found = list(reads.visits)
+            reads.items = await self.get_items(job_id, found)
+            reads.outputs = await self.item_outputs(job_id, found)
+        return reads
 
     @abstractmethod
     async def find_visits(

@@ -19,6 +19,7 @@ from stepflow import (
     PermissionDenied,
     StepStatus,
 )
+from stepflow.testing import MemoryStorage
 
 from .kit import Choice, auto, handlers, ids_at, items, ok, pipeline, running
 
@@ -92,6 +93,35 @@ async def test_bulk_submit_with_defaults_applies_to_all_and_per_item_wins() -> N
     assert snap.job.status is JobStatus.COMPLETED
     assert outputs[waiting[0]] == {"value": 9, "note": "bulk"}
     assert outputs[waiting[1]] == {"value": 1, "note": "bulk"}
+
+
+async def test_a_submit_reads_once_before_it_writes() -> None:
+    """A submit with an action id reads the job, the id and the items in one storage read;
+    its repeat is answered from that read alone."""
+    reads: list[str] = []
+    async with running(PICK, registry=handlers(ok=ok, echo=echo)) as orch:
+        job = await orch.create_job("p", items(2))
+        await orch.wait(job.id, timeout=5)
+        waiting = await ids_at(orch, job.id, "pick")
+        storage: Any = orch.storage
+        for name in ("get_job", "get_action", "get_visits", "get_items", "item_outputs"):
+            original = getattr(storage, name)
+
+            async def spy(*args: Any, _name: str = name, _original: Any = original) -> Any:
+                reads.append(_name)
+                return await _original(*args)
+
+            setattr(storage, name, spy)
+        answer = {i: {"value": 1} for i in waiting}
+        first = await orch.submit(job.id, "pick", answer, action_id="approve-1")
+        again = await orch.submit(job.id, "pick", answer, action_id="approve-1")
+        snap = await orch.wait(job.id, timeout=5)
+    assert again.affected == first.affected == waiting
+    assert snap.job.status is JobStatus.COMPLETED
+    if isinstance(orch.storage, MemoryStorage):  # it keeps the port's default reads
+        assert {"get_job", "get_action", "get_visits"} <= set(reads)
+    else:
+        assert reads == []  # everything came from one action_reads per submit
 
 
 async def test_invalid_payloads_are_all_reported_and_nothing_is_written() -> None:

@@ -177,10 +177,11 @@ class StorageContract:
         assert polled.status is progress.job.status and polled.seq == progress.job.seq
         assert statuses == dict(progress.step_statuses)
 
-    async def test_visits_with_context_reads_what_an_action_needs(
+    async def test_action_reads_give_what_an_action_needs(
         self, storage: Storage, clock: FakeClock
     ) -> None:
-        """Named items' visits, items and outputs come back together; unknown ids are left out."""
+        """The job, an action id's result, and named items' visits, items and outputs come
+        back together; unknown ids are left out, and nothing is read at no step."""
         job = await self._new_job(storage, clock, n=2)
         [claim] = await storage.claim("owner", 1, 30.0)
         await storage.commit(
@@ -195,14 +196,23 @@ class StorageContract:
                         fields={"output": {"seen": True}},
                     )
                 ],
+                action_id="done-1",
+                action_result={"affected": [claim.item.id]},
             )
         )
         wanted = {claim.item.id, "unknown"}
-        visits, items, outputs = await storage.visits_with_context(job.id, "a", wanted)
-        assert set(visits) == set(items) == set(outputs) == {claim.item.id}
-        assert visits[claim.item.id].status is I.PROCESSED
-        assert items[claim.item.id].data == claim.item.data
-        assert outputs[claim.item.id] == {"a": {"seen": True}}
+        reads = await storage.action_reads(job.id, "done-1", "a", wanted)
+        assert reads.job.id == job.id and reads.job.seq == (await storage.get_job(job.id)).seq
+        assert reads.previous == {"affected": [claim.item.id]}
+        assert reads.step == "a" and reads.item_ids == frozenset(wanted)
+        assert set(reads.visits) == set(reads.items) == set(reads.outputs) == {claim.item.id}
+        assert reads.visits[claim.item.id].status is I.PROCESSED
+        assert reads.items[claim.item.id].data == claim.item.data
+        assert reads.outputs[claim.item.id] == {"a": {"seen": True}}
+        bare = await storage.action_reads(job.id, "never", None, ())
+        assert bare.previous is None and bare.step is None and bare.visits == {}
+        with pytest.raises(NotFound):
+            await storage.action_reads("no-such-job", None, None, ())
 
     async def test_a_creation_in_parts_is_one_whole_job(
         self, storage: Storage, clock: FakeClock

@@ -51,6 +51,7 @@ from ..._batch import BatchJob, CommitBatch
 from ..._commit import release_change, rescue_change
 from ..._errors import InvalidInput, NotFound
 from ..._records import (
+    ActionReads,
     ChangeSet,
     Claim,
     CommitResult,
@@ -352,22 +353,30 @@ class SQLStorage(Storage):
 
     async def _write(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` in a write transaction, retrying when it was refused for a lock."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_retryable),
-            wait=wait_random_exponential(multiplier=0.005, max=0.5),
-            stop=stop_after_delay(120),
-            reraise=True,
-        )
         with anyio.CancelScope(shield=True):
+            try:  # the common case, without building a retry loop
+                return await self._write_once(op)
+            except Exception as exc:
+                if not _is_retryable(exc):
+                    raise
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(_is_retryable),
+                wait=wait_random_exponential(multiplier=0.005, max=0.5),
+                stop=stop_after_delay(120),
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
-                    if not self.is_sqlite:
-                        return await self._in_thread(op, write=True)
-                    # One writer per process: the others wait here, not on SQLite's lock.
-                    assert self._write_lock is not None
-                    async with self._write_lock:
-                        return await self._in_thread(op, write=True)
+                    return await self._write_once(op)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _write_once(self, op: Callable[[Connection], T]) -> T:
+        if not self.is_sqlite:
+            return await self._in_thread(op, write=True)
+        # One writer per process: the others wait here, not on SQLite's lock.
+        assert self._write_lock is not None
+        async with self._write_lock:
+            return await self._in_thread(op, write=True)
 
     async def _read(self, op: Callable[[Connection], T]) -> T:
         return await self._in_thread(op, write=False)
@@ -1113,18 +1122,19 @@ class SQLStorage(Storage):
 
         return await self._read(op)
 
-    async def get_action(self, job_id: str, action_id: str) -> dict[str, Any] | None:
+    def _action(self, conn: Connection, job_id: str, action_id: str) -> dict[str, Any] | None:
         a = self.tables.actions
+        query = self._stmt(
+            "action",
+            lambda: select(a.c.result).where(
+                a.c.job_id == bindparam("job"), a.c.action_id == bindparam("action")
+            ),
+        )
+        row = conn.execute(query, {"job": job_id, "action": action_id}).first()
+        return None if row is None else (row.result or {})
 
-        def op(conn: Connection) -> dict[str, Any] | None:
-            row = (
-                conn.execute(
-                    select(a.c.result).where(a.c.job_id == job_id, a.c.action_id == action_id)
-                )
-            ).first()
-            return None if row is None else (row.result or {})
-
-        return await self._read(op)
+    async def get_action(self, job_id: str, action_id: str) -> dict[str, Any] | None:
+        return await self._read(lambda conn: self._action(conn, job_id, action_id))
 
     def _items(self, conn: Connection, job_id: str, item_ids: Collection[str]) -> dict[str, Any]:
         i = self.tables.items
@@ -1160,15 +1170,24 @@ class SQLStorage(Storage):
     ) -> dict[str, VisitRecord]:
         return await self._read(lambda conn: self._visits_at(conn, job_id, step, item_ids))
 
-    async def visits_with_context(
-        self, job_id: str, step: str, item_ids: Collection[str]
-    ) -> tuple[dict[str, VisitRecord], dict[str, ItemRecord], dict[str, dict[str, Any]]]:
-        def op(
-            conn: Connection,
-        ) -> tuple[dict[str, VisitRecord], dict[str, ItemRecord], dict[str, dict[str, Any]]]:
-            visits = self._visits_at(conn, job_id, step, item_ids)
-            found = list(visits)
-            return visits, self._items(conn, job_id, found), self._outputs(conn, found)
+    async def action_reads(
+        self,
+        job_id: str,
+        action_id: str | None,
+        step: str | None,
+        item_ids: Collection[str],
+    ) -> ActionReads:
+        def op(conn: Connection) -> ActionReads:
+            reads = ActionReads(self._load_job(conn, job_id)[0])
+            if action_id is not None:
+                reads.previous = self._action(conn, job_id, action_id)
+            if step is not None and item_ids:
+                reads.step, reads.item_ids = step, frozenset(item_ids)
+                reads.visits = self._visits_at(conn, job_id, step, item_ids)
+                found = list(reads.visits)
+                reads.items = self._items(conn, job_id, found)
+                reads.outputs = self._outputs(conn, found)
+            return reads
 
         return await self._read(op)
 

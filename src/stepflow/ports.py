@@ -33,6 +33,7 @@ from ._states import ItemStatus, StepStatus, SubStepStatus
 
 __all__ = [
     "ChangeSet",
+    "ActionReads",
     "Claim",
     "Clock",
     "CommitResult",

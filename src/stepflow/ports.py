@@ -32,8 +32,8 @@ from ._records import (
 from ._states import ItemStatus, StepStatus, SubStepStatus
 
 __all__ = [
-    "ChangeSet",
     "ActionReads",
+    "ChangeSet",
     "Claim",
     "Clock",
     "CommitResult",

@@ -22,7 +22,15 @@ from typing import Any
 
 from ._commit import claim_change, initial_step_statuses, plan_commit
 from ._errors import DuplicateAction, InvalidInput, NotFound, StepflowError
-from ._records import ChangeSet, CommitResult, ItemRecord, JobRecord, StepInfo, VisitRecord
+from ._records import (
+    ChangeSet,
+    CommitResult,
+    ItemRecord,
+    JobRecord,
+    StepInfo,
+    VisitRecord,
+    copy_job,
+)
 from ._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 
 __all__ = ["BatchJob", "CommitBatch"]
@@ -309,4 +317,4 @@ class CommitBatch:
 
     def job_copy(self, job_id: str) -> JobRecord:
         """A detached copy of the job's current row (for claims handed to workers)."""
-        return dataclasses.replace(self.jobs[job_id].job)
+        return copy_job(self.jobs[job_id].job)

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -60,6 +61,7 @@ from ..._records import (
     JobRecord,
     StepInfo,
     VisitRecord,
+    copy_job,
     copy_visit,
 )
 from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
@@ -136,6 +138,13 @@ class _JobState:
     started: frozenset[str]
 
 
+def _counter(counts: Mapping[ItemStatus, int]) -> Counter[ItemStatus]:
+    """A copy of ``counts`` as a Counter, without Counter's slow per-call checks."""
+    copy: Counter[ItemStatus] = Counter()
+    dict.update(copy, counts)
+    return copy
+
+
 class SQLStorage(Storage):
     """Durable storage in SQLite (a file path, or ``sqlite:///path``) or PostgreSQL
     (``postgresql://...``).
@@ -200,18 +209,21 @@ class SQLStorage(Storage):
         rows: Sequence[Mapping[str, Any]],
     ) -> None:
         """Run ``sql`` once per row with the row's values for ``names``, in that order;
-        JSON columns encoded here, as the driver takes them."""
-        json_columns = self._stmt(
-            f"json-columns-{table.name}",
-            lambda: frozenset(c.name for c in table.columns if isinstance(c.type, JSON)),
+        JSON columns encoded here, as the driver takes them. Every row has every name."""
+        take, json_at = self._stmt(
+            f"raw-params-{table.name}-{','.join(names)}",
+            lambda: (
+                itemgetter(*names),
+                tuple(i for i, n in enumerate(names) if isinstance(table.c[n].type, JSON)),
+            ),
         )
         encode = self._encode_json
-        params = [
-            tuple(
-                encode(row.get(name)) if name in json_columns else row.get(name) for name in names
-            )
-            for row in rows
-        ]
+        params: list[tuple[Any, ...]] = []
+        for row in rows:
+            values = list(take(row))
+            for i in json_at:
+                values[i] = encode(values[i])
+            params.append(tuple(values))
         conn.exec_driver_sql(sql, params)
 
     def _marker(self) -> str:
@@ -602,8 +614,8 @@ class SQLStorage(Storage):
             kept = self._cached(job_id, seq)
             if kept is not None:
                 batch.add_job(
-                    dataclasses.replace(kept.job),
-                    {step: Counter(n) for step, n in kept.counts.items()},
+                    copy_job(kept.job),
+                    {step: _counter(n) for step, n in kept.counts.items()},
                     dict(kept.statuses),
                     kept.started,
                 )

@@ -144,13 +144,7 @@ class Engine:
         send, receive = anyio.create_memory_object_stream[Claim](1)
         async with send, receive:
             task_status.started()
-            self._dispatching = True
-            try:
-                await self._dispatch(send)
-            finally:
-                self._dispatching = False
-                with anyio.CancelScope(shield=True):
-                    await self._flush_at_exit()
+            await self._write_until_cancelled(send)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: dispatcher, workers, heartbeat, rescuer, progress."""
@@ -165,15 +159,19 @@ class Engine:
             tg.start_soon(self._heartbeat)
             tg.start_soon(self._flush_progress)
             task_status.started()
-            self._dispatching = True
-            try:
-                await self._dispatch(send)
-            finally:
-                self._dispatching = False
-                with anyio.CancelScope(shield=True):
-                    await self._flush_at_exit()
+            await self._write_until_cancelled(send)
 
     # -- the one writer -------------------------------------------------------------
+
+    async def _write_until_cancelled(self, send: MemoryObjectSendStream[Claim]) -> None:
+        """Be the writer; when stopped, write what was handed in but not yet written."""
+        self._dispatching = True
+        try:
+            await self._dispatch(send)
+        finally:
+            self._dispatching = False
+            with anyio.CancelScope(shield=True):
+                await self._flush_at_exit()
 
     async def _dispatch(self, send: MemoryObjectSendStream[Claim]) -> None:
         while True:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from stepflow import ItemStatus, JobStatus
-from stepflow._records import ChangeSet, Claim, VisitChange
+from stepflow._records import ChangeSet, Claim
 from stepflow.ports import Clock, Storage
 from stepflow.testing import FakeClock
-from stepflow.testing.contract import _creation, _job
+from stepflow.testing.contract import _creation, _job, _result
 
 from ..backends import storage_factory
 
@@ -44,18 +44,7 @@ async def two(
 
 def _done(claim: Claim, status: ItemStatus = I.PROCESSED) -> ChangeSet:
     """The result that ends ``claim`` in ``status``."""
-    return ChangeSet(
-        claim.job.id,
-        visits=[
-            VisitChange(
-                claim.visit.id,
-                expect=I.PROCESSING,
-                status=status,
-                token=claim.visit.token,
-                fields={"lease_owner": None, "lease_expires_at": None},
-            )
-        ],
-    )
+    return _result(claim, status, {"lease_owner": None, "lease_expires_at": None})
 
 
 async def test_writers_taking_turns_on_one_job_keep_it_exact(

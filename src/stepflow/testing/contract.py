@@ -29,7 +29,15 @@ import pytest
 
 from .._errors import DuplicateAction, LeaseLost, NotFound, StaleWrite
 from .._planning import new_item, visit_id
-from .._records import ChangeSet, EventDraft, JobRecord, StepInfo, VisitChange, VisitRecord
+from .._records import (
+    ChangeSet,
+    Claim,
+    EventDraft,
+    JobRecord,
+    StepInfo,
+    VisitChange,
+    VisitRecord,
+)
 from .._states import ItemStatus, JobStatus
 from ..ports import Clock, Storage
 from .clock import FakeClock
@@ -71,6 +79,20 @@ def _creation(job: JobRecord, n: int, now: float) -> ChangeSet:
             VisitRecord(visit_id(item.id, "a"), job.id, item.id, "a", I.AVAILABLE, now, now)
         )
     return change
+
+
+def _result(
+    claim: Claim, status: ItemStatus, fields: dict[str, Any] | None = None, **change: Any
+) -> ChangeSet:
+    """The change a worker hands back for ``claim``: its visit ends in ``status``."""
+    visit = VisitChange(
+        claim.visit.id,
+        expect=I.PROCESSING,
+        status=status,
+        token=claim.visit.token,
+        fields=fields or {},
+    )
+    return ChangeSet(claim.job.id, visits=[visit], **change)
 
 
 @pytest.mark.anyio
@@ -185,17 +207,10 @@ class StorageContract:
         job = await self._new_job(storage, clock, n=2)
         [claim] = await storage.claim("owner", 1, 30.0)
         await storage.commit(
-            ChangeSet(
-                job.id,
-                visits=[
-                    VisitChange(
-                        claim.visit.id,
-                        expect=I.PROCESSING,
-                        status=I.PROCESSED,
-                        token=claim.visit.token,
-                        fields={"output": {"seen": True}},
-                    )
-                ],
+            _result(
+                claim,
+                I.PROCESSED,
+                {"output": {"seen": True}},
                 action_id="done-1",
                 action_result={"affected": [claim.item.id]},
             )
@@ -293,14 +308,7 @@ class StorageContract:
         assert await storage.rescue_expired(lambda job, visit: 0.0) == 1
         [again] = await storage.claim("owner-2", 1, 30.0)
         assert again.visit.token == claim.visit.token + 1
-        late = ChangeSet(
-            job.id,
-            visits=[
-                VisitChange(
-                    claim.visit.id, expect=I.PROCESSING, status=I.PROCESSED, token=claim.visit.token
-                )
-            ],
-        )
+        late = _result(claim, I.PROCESSED)
         with pytest.raises(LeaseLost):
             await storage.commit(late)
         events = await storage.read_events(job.id, 0, 100)
@@ -343,25 +351,14 @@ class StorageContract:
         self, storage: Storage, clock: FakeClock
     ) -> None:
         """A retrying visit is claimable only once its next attempt time has come."""
-        job = await self._new_job(storage, clock, n=1)
+        await self._new_job(storage, clock, n=1)
         [claim] = await storage.claim("owner", 1, 30.0)
         due = clock.now() + 10
         await storage.commit(
-            ChangeSet(
-                job.id,
-                visits=[
-                    VisitChange(
-                        claim.visit.id,
-                        expect=I.PROCESSING,
-                        status=I.RETRYING,
-                        token=claim.visit.token,
-                        fields={
-                            "next_attempt_at": due,
-                            "lease_owner": None,
-                            "lease_expires_at": None,
-                        },
-                    )
-                ],
+            _result(
+                claim,
+                I.RETRYING,
+                {"next_attempt_at": due, "lease_owner": None, "lease_expires_at": None},
             )
         )
         assert await storage.next_due() == due

@@ -9,7 +9,9 @@ refused alone and leaves the state exactly as it found it; the others go on. Wha
 remains is one set of final rows (items, visits, counters, events, job rows, action ids)
 that the storage writes with a few bulk statements, so a batch of fifty results costs
 about what one did. Nothing is acknowledged before that transaction is durable: the
-results are handed back only after the storage commits.
+results are handed back only after the storage commits. A change may create its job
+(``ChangeSet.create``): the job starts empty in the batch, its row is inserted whole,
+and its first visits can be claimed in the same transaction.
 """
 
 from __future__ import annotations

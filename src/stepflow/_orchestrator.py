@@ -113,7 +113,8 @@ class Orchestrator:
     ``handlers`` binds the keys the pipelines name. ``authorize`` is asked before every
     action (``False`` raises :class:`PermissionDenied`); without it every action is
     allowed. ``run_workers=False`` makes an orchestrator that only reads and acts
-    (for a web process when workers run elsewhere).
+    (for a web process when workers run elsewhere); its one writer still lets jobs
+    created and actions taken at the same time share transactions.
 
     ``broker`` defaults to one that reaches every process on the storage's database
     (PostgreSQL LISTEN/NOTIFY, Unix datagrams beside a SQLite file); ``limiter`` to the

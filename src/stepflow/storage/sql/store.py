@@ -16,6 +16,10 @@ function that runs whole in a worker thread (the standard library's sqlite3, psy
 round trip for every statement, and a group commit of twenty statements then costs
 more in hops than in SQL. One hop per transaction keeps the event loop free and the
 per-statement cost at the driver's own.
+
+A writer keeps the last committed state of the jobs it wrote and trusts it only while
+the job's stored ``seq`` is the one it wrote (every change to a job's row or counters
+moves ``seq``), so most transactions lock and read just the jobs' versions.
 """
 
 from __future__ import annotations

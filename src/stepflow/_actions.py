@@ -103,9 +103,8 @@ class ActionPlanner:
             return await storage.find_visits(job.id, step, default, _ALL)
         if not item_ids:
             raise InvalidInput("item_ids is empty")
-        reads = _read_ahead(job, step, item_ids)
-        found = reads.visits if reads else await storage.get_visits(job.id, step, set(item_ids))
-        return self._named(found, step, item_ids, allowed, verb)
+        reads = await self._reads_of(job, step, item_ids)
+        return self._named(reads.visits, step, item_ids, allowed, verb)
 
     async def _visits_in_context(
         self,
@@ -121,11 +120,16 @@ class ActionPlanner:
             visits = await self._visits(job, step, item_ids, allowed, default, verb)
             items, outputs = await self._context(job, visits)
             return visits, items, outputs
+        reads = await self._reads_of(job, step, item_ids)
+        visits = self._named(reads.visits, step, item_ids, allowed, verb)
+        return visits, reads.items, reads.outputs
+
+    async def _reads_of(self, job: JobRecord, step: str, item_ids: Sequence[str]) -> ActionReads:
+        """The named items as the action read them ahead of its plan, else read now."""
         reads = _read_ahead(job, step, item_ids)
         if reads is None:
             reads = await self._orch.storage.action_reads(job.id, None, step, set(item_ids))
-        visits = self._named(reads.visits, step, item_ids, allowed, verb)
-        return visits, reads.items, reads.outputs
+        return reads
 
     @staticmethod
     def _named(

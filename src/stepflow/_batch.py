@@ -186,12 +186,12 @@ class CommitBatch:
         if key is not None and key in self._keyed:
             job = self._keyed[key]
             found = self.jobs.get(job.id)
-            copy = dataclasses.replace(found.job if found else job)
+            copy = copy_job(found.job if found else job)
             statuses = dict(found.statuses) if found else {}
             return CommitResult(copy.id, copy.seq, copy.status, statuses, job=copy)
         if change.create.id in self.jobs:
             raise InvalidInput(f"job id {change.create.id!r} already exists")
-        job = dataclasses.replace(change.create)
+        job = copy_job(change.create)
         self.jobs[job.id] = BatchJob(
             job,
             {},

@@ -585,10 +585,8 @@ class Orchestrator:
         if action_id is not None and not 0 < len(action_id) <= 256:
             raise InvalidInput("action_id must have 1 to 256 characters")
         # The job, the action id's earlier result and the named items: one read.
-        named = step is not None and bool(item_ids)
-        reads = await self.storage.action_reads(
-            job_id, action_id, step if named else None, set(item_ids or ()) if named else ()
-        )
+        named = set(item_ids or ())
+        reads = await self.storage.action_reads(job_id, action_id, step, named)
         job = reads.job
         pipeline = self._pipeline_for(job)
         if step is not None:
@@ -634,9 +632,7 @@ class Orchestrator:
             except DuplicateAction as dup:
                 return self._duplicate(action, job_id, action_id, dup.result or {}, job.seq)
             except StaleWrite:  # items moved since the reads: read again, plan again
-                reads = await self.storage.action_reads(
-                    job_id, None, step if named else None, set(item_ids or ()) if named else ()
-                )
+                reads = await self.storage.action_reads(job_id, None, step, named)
                 job = reads.job
                 continue
             self.broker.publish_job(job_id, result.seq)

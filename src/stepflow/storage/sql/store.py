@@ -31,7 +31,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -132,14 +131,11 @@ _JOB_FIELDS = (
 _JOB_STATES_KEPT = 10_000  #: jobs whose committed state one process keeps
 
 
-@dataclass(slots=True)
-class _JobState:
-    """A job's row, counters, step statuses and started steps, as last committed."""
-
-    job: JobRecord
-    counts: dict[str, Counter[ItemStatus]]
-    statuses: dict[str, StepStatus]
-    started: frozenset[str]
+def _visit_values(visit: VisitRecord) -> dict[str, Any]:
+    """A visit's id and every field a commit may change, as its row stores them."""
+    values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
+    values.update(status=visit.status.value, id=visit.id)
+    return values
 
 
 def _counter(counts: Mapping[ItemStatus, int]) -> Counter[ItemStatus]:
@@ -187,7 +183,7 @@ class SQLStorage(Storage):
         self._statements: dict[str, Any] = {}  #: hot-path statements, built once
         #: The last committed state of jobs this process wrote, by id, valid while the
         #: stored ``seq`` matches (see ``_batch``).
-        self._job_states: dict[str, _JobState] = {}
+        self._job_states: dict[str, BatchJob] = {}
         self._job_states_lock = threading.Lock()  #: transactions run in several threads
         #: How a JSON value goes to the driver: text for sqlite3, psycopg's Jsonb wrapper.
         self._json_parameter: Callable[[Any], Any] = json.dumps if self.is_sqlite else _jsonb()
@@ -200,9 +196,15 @@ class SQLStorage(Storage):
         thousands of event and visit rows of a busy group commit this skips
         SQLAlchemy's per-row parameter processing, the largest cost left on that path.
         """
-        names = tuple(column.name for column in table.columns)
+        names = self._columns(table)
         sql = self._stmt(f"raw-insert-{table.name}", lambda: self._raw_insert(table, names))
         self._run_raw(conn, sql, table, names, rows)
+
+    def _columns(self, table: Any) -> tuple[str, ...]:
+        """``table``'s column names, in order (read once per table)."""
+        return self._stmt(
+            f"columns-{table.name}", lambda: tuple(column.name for column in table.columns)
+        )
 
     def _run_raw(
         self,
@@ -257,7 +259,7 @@ class SQLStorage(Storage):
         """``INSERT ... ON CONFLICT (<key>) DO UPDATE SET n = n + excluded.n``: add to a
         counter row, creating it at the first count (the same SQL on both databases)."""
         preparer = self.engine.dialect.identifier_preparer
-        names = [column.name for column in table.columns]
+        names = self._columns(table)
         key = ", ".join(preparer.quote(c.name) for c in table.primary_key.columns)
         n = preparer.quote("n")
         return (
@@ -526,7 +528,7 @@ class SQLStorage(Storage):
         rows = conn.execute(self._stmt("job-versions", build), {"ids": sorted(job_ids)})
         return dict(rows.all())
 
-    def _cached(self, job_id: str, seq: int) -> _JobState | None:
+    def _cached(self, job_id: str, seq: int) -> BatchJob | None:
         with self._job_states_lock:
             kept = self._job_states.get(job_id)
         return kept if kept is not None and kept.job.seq == seq else None
@@ -538,9 +540,7 @@ class SQLStorage(Storage):
             for batch in batches:
                 for job_id, state in batch.jobs.items():
                     states.pop(job_id, None)  # re-insert: the oldest entries go first
-                    states[job_id] = _JobState(
-                        state.job, state.counts, state.statuses, state.started
-                    )
+                    states[job_id] = state  # the batch is done with it: nothing changes it
             while len(states) > _JOB_STATES_KEPT:
                 del states[next(iter(states))]
 
@@ -604,7 +604,8 @@ class SQLStorage(Storage):
         # whose stored seq is the one this process last committed is exactly as it
         # was left: lock and read just the versions, and load in full only the rest.
         versions = self._job_versions(conn, job_ids)
-        stale = [job_id for job_id, seq in versions.items() if self._cached(job_id, seq) is None]
+        kept = {job_id: self._cached(job_id, seq) for job_id, seq in versions.items()}
+        stale = [job_id for job_id, state in kept.items() if state is None]
         rows = self._load_jobs(conn, stale)
         counts = self._load_counts(conn, stale)
         for row in rows:
@@ -614,14 +615,13 @@ class SQLStorage(Storage):
                 {k: StepStatus(s) for k, s in row.step_statuses.items()},
                 frozenset(row.started_steps),
             )
-        for job_id, seq in versions.items():
-            kept = self._cached(job_id, seq)
-            if kept is not None:
+        for state in kept.values():
+            if state is not None:
                 batch.add_job(
-                    copy_job(kept.job),
-                    {step: _counter(n) for step, n in kept.counts.items()},
-                    dict(kept.statuses),
-                    kept.started,
+                    copy_job(state.job),
+                    {step: _counter(n) for step, n in state.counts.items()},
+                    dict(state.statuses),
+                    state.started,
                 )
         for visit in visits:
             batch.add_visit(visit)
@@ -767,7 +767,7 @@ class SQLStorage(Storage):
         t = self.tables
         created_jobs = batch.new_jobs()
         if created_jobs:
-            self._insert_many(conn, t.jobs, [self._new_job_row(state) for state in created_jobs])
+            self._insert_many(conn, t.jobs, [self._job_row(state) for state in created_jobs])
             for state in created_jobs:
                 self._definition_cache.setdefault(state.job.definition_hash, state.job.definition)
         if batch.new_items:
@@ -792,10 +792,8 @@ class SQLStorage(Storage):
             rows = []
             for visit in created:
                 state = batch.jobs[visit.job_id]
-                values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
+                values = _visit_values(visit)
                 values.update(
-                    status=visit.status.value,
-                    id=visit.id,
                     job_id=visit.job_id,
                     item_id=visit.item_id,
                     step=visit.step,
@@ -806,11 +804,7 @@ class SQLStorage(Storage):
             self._insert_many(conn, t.visits, rows)
         if changed:
             sql = self._stmt("raw-update-visits", lambda: self._raw_update(t.visits, _VISIT_FIELDS))
-            updates = []
-            for visit in sorted(changed, key=lambda vis: vis.id):
-                values = {name: getattr(visit, name) for name in _VISIT_FIELDS}
-                values.update(status=visit.status.value, id=visit.id)
-                updates.append(values)
+            updates = [_visit_values(v) for v in sorted(changed, key=lambda vis: vis.id)]
             self._run_raw(conn, sql, t.visits, (*_VISIT_FIELDS, "id"), updates)
         for job_id, steps in batch.newly_started().items():
             conn.execute(
@@ -841,26 +835,14 @@ class SQLStorage(Storage):
         jobs = batch.changed_jobs()
         if jobs:
             sql = self._stmt("raw-update-jobs", lambda: self._raw_update(t.jobs, _JOB_FIELDS))
-            rows = [
-                {
-                    "status": state.job.status.value,
-                    "seq": state.job.seq,
-                    "updated_at": state.job.updated_at,
-                    "started_at": state.job.started_at,
-                    "finished_at": state.job.finished_at,
-                    "item_count": state.job.item_count,
-                    "step_statuses": {k: s.value for k, s in state.statuses.items()},
-                    "started_steps": sorted(state.started),
-                    "id": state.job.id,
-                }
-                for state in jobs
-            ]
+            rows = [self._job_row(state) for state in jobs]
             self._run_raw(conn, sql, t.jobs, (*_JOB_FIELDS, "id"), rows)
         if batch.actions:
             conn.execute(self._stmt("insert-actions", lambda: insert(t.actions)), batch.actions)
 
     @staticmethod
-    def _new_job_row(state: BatchJob) -> dict[str, Any]:
+    def _job_row(state: BatchJob) -> dict[str, Any]:
+        """A job's whole row (an update writes only ``_JOB_FIELDS`` of it)."""
         job = state.job
         return {
             "id": job.id,
@@ -898,7 +880,7 @@ class SQLStorage(Storage):
             for key, delta in sorted(deltas, key=lambda kd: sorted(kd[0].items()))
         ]
         sql = self._stmt(f"raw-add-{table.name}", lambda: self._raw_add(table))
-        self._run_raw(conn, sql, table, [column.name for column in table.columns], rows)
+        self._run_raw(conn, sql, table, self._columns(table), rows)
 
     # -- claiming and leases ----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from ._errors import Conflict, LeaseLost, NotFound, StaleWrite
 from ._records import ChangeSet, EventDraft, JobRecord, VisitChange, VisitRecord, copy_visit
 from ._states import (
     JOB_TERMINAL,
+    STEP_OPEN,
     ItemStatus,
     JobStatus,
     StepStatus,
@@ -27,6 +28,9 @@ from ._states import (
     derive_step_status,
     has_open,
 )
+
+#: Step statuses that depend on what happens upstream, not only on the step's counts.
+_UPSTREAM_DECIDED = frozenset({StepStatus.PENDING, StepStatus.SKIPPED})
 
 __all__ = [
     "CommitPlan",
@@ -200,7 +204,7 @@ def plan_commit(
     moved = (
         change.job_status is not None or plan.started != started or any(plan.count_deltas.values())
     )
-    _derive(plan, job, change, counts, statuses, now, moved)
+    _derive(plan, job, change, counts, statuses, started, now, moved)
     return plan
 
 
@@ -234,6 +238,7 @@ def _derive(
     change: ChangeSet,
     counts: StepCounts,
     statuses: Mapping[str, StepStatus],
+    started: frozenset[str],
     now: float,
     moved: bool,
 ) -> None:
@@ -242,16 +247,15 @@ def _derive(
         # reported): the stored statuses are already what derivation would give.
         plan.job_status = job.status
         return
-    after_counts: dict[str, Mapping[ItemStatus, int]] = {
-        info.key: counts.get(info.key, {}) for info in job.steps
-    }
-    copied: dict[str, dict[ItemStatus, int]] = {}  # never change the storage's own counters
+    moved_counts: dict[str, dict[ItemStatus, int]] = {}  # never the storage's own counters
     for (step, status), delta in plan.count_deltas.items():
         if delta:
-            if step not in copied:
-                copied[step] = dict(after_counts[step])
-                after_counts[step] = copied[step]
-            copied[step][status] = copied[step].get(status, 0) + delta
+            if step not in moved_counts:
+                moved_counts[step] = dict(counts.get(step, {}))
+            moved_counts[step][status] = moved_counts[step].get(status, 0) + delta
+    new_statuses, any_open = _changed_step_statuses(
+        job, counts, moved_counts, statuses, started, plan.started
+    )
     current = job.status
     if change.job_status is not None and change.job_status is not current:
         check_transition("job", current, change.job_status, explicit=change.reopen)
@@ -259,7 +263,8 @@ def _derive(
             EventDraft("job.status", data={"from": current.value, "to": change.job_status.value})
         )
         current = change.job_status
-    derived = derive_job_status(current, [after_counts[info.key] for info in job.steps])
+    after_counts = [moved_counts.get(i.key) or counts.get(i.key, {}) for i in job.steps]
+    derived = derive_job_status(current, after_counts, any_open)
     if derived is not current:
         check_transition("job", current, derived, explicit=change.reopen)
         plan.events.append(
@@ -270,11 +275,47 @@ def _derive(
         if job.started_at is None and derived not in (JobStatus.DRAFT, JobStatus.CANCELLED):
             plan.job_fields["started_at"] = now
         plan.job_fields["finished_at"] = now if derived in JOB_TERMINAL else None
-    for key, step_status in step_statuses(job, after_counts, plan.started).items():
+    for key, step_status in new_statuses.items():
         old = statuses.get(key, StepStatus.PENDING)
-        if step_status is not old:
-            check_transition("step", old, step_status)
-            plan.step_statuses[key] = step_status
-            plan.events.append(
-                EventDraft("step.status", key, data={"from": old.value, "to": step_status.value})
+        check_transition("step", old, step_status)
+        plan.step_statuses[key] = step_status
+        plan.events.append(
+            EventDraft("step.status", key, data={"from": old.value, "to": step_status.value})
+        )
+
+
+def _changed_step_statuses(
+    job: JobRecord,
+    counts: StepCounts,
+    moved_counts: Mapping[str, Mapping[ItemStatus, int]],
+    statuses: Mapping[str, StepStatus],
+    started: frozenset[str],
+    started_after: frozenset[str],
+) -> tuple[dict[str, StepStatus], bool]:
+    """The steps whose derived status changes, in pipeline order, and whether any step
+    has an open item after the change: what :func:`step_statuses` would give,
+    re-deriving only the steps that can change.
+
+    A step can change only if its counts moved, its started flag flipped, or it holds
+    no open item and whether items could still arrive from upstream changed (that
+    tells ``pending`` from ``skipped``). Every other step keeps its stored status, and
+    whether it has an open item is read off that status (``STEP_OPEN``).
+    """
+    flipped = started_after ^ started
+    changed: dict[str, StepStatus] = {}
+    upstream_open = False
+    for info in job.steps:
+        key = info.key
+        old = statuses.get(key, StepStatus.PENDING)
+        if key in moved_counts or key in flipped or old in _UPSTREAM_DECIDED:
+            new = derive_step_status(
+                moved_counts.get(key) or counts.get(key, {}),
+                started=info.runs_work and (job.auto_process or key in started_after),
+                upstream_open=upstream_open,
             )
+            if new is not old:
+                changed[key] = new
+        else:
+            new = old
+        upstream_open = upstream_open or new in STEP_OPEN
+    return changed, upstream_open

@@ -22,6 +22,7 @@ __all__ = [
     "ITEM_TRANSITIONS",
     "JOB_TERMINAL",
     "JOB_TRANSITIONS",
+    "STEP_OPEN",
     "STEP_TRANSITIONS",
     "SUBSTEP_DONE",
     "SUBSTEP_TRANSITIONS",
@@ -210,8 +211,16 @@ def has_open(counts: Mapping[ItemStatus, int]) -> bool:
     return any(map(counts.get, _OPEN_ORDER))
 
 
+#: Derived step statuses that say the step has an open item. A step's status is in this
+#: set exactly when :func:`has_open` holds for its counts (see :func:`derive_step_status`),
+#: so a step whose counts did not change keeps its "open" answer without a count scan.
+STEP_OPEN: frozenset[StepStatus] = frozenset({S.IN_PROGRESS, S.RETRYING, S.ACTION_REQUIRED})
+
+
 def derive_job_status(
-    current: JobStatus, step_counts: Sequence[Mapping[ItemStatus, int]]
+    current: JobStatus,
+    step_counts: Sequence[Mapping[ItemStatus, int]],
+    any_open: bool | None = None,
 ) -> JobStatus:
     """A job's status from the item counts of its steps, in pipeline order.
 
@@ -219,11 +228,14 @@ def derive_job_status(
     Otherwise: ``completed`` when no item is open anywhere and at least one item left
     the last step (passed or skipped); ``failed`` when none did; a ``pending`` job stays
     ``pending`` while all its items wait, untouched, at the first step; else
-    ``in_progress`` (a job never goes back to ``pending``).
+    ``in_progress`` (a job never goes back to ``pending``). ``any_open``, when the
+    caller already knows it, says whether any step has an open item.
     """
     if current in (J.DRAFT, J.PAUSED, J.CANCELLED):
         return current
-    if not any(has_open(c) for c in step_counts):
+    if any_open is None:
+        any_open = any(has_open(c) for c in step_counts)
+    if not any_open:
         last = step_counts[-1] if step_counts else {}
         finished = last.get(I.PASSED, 0) + last.get(I.SKIPPED, 0)
         return J.COMPLETED if finished else J.FAILED

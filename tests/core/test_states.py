@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stepflow import InvalidTransition, ItemStatus, JobStatus, StepStatus
+from stepflow._commit import _changed_step_statuses, step_statuses
+from stepflow._records import JobRecord, StepInfo
 from stepflow._states import (
     ITEM_TRANSITIONS,
     JOB_TRANSITIONS,
+    STEP_OPEN,
     SUBSTEP_TRANSITIONS,
     check_transition,
     derive_job_status,
     derive_step_status,
+    has_open,
 )
 
 I, S, J = ItemStatus, StepStatus, JobStatus
@@ -85,3 +93,44 @@ def test_job_status_is_derived_from_counts() -> None:
     assert derive_job_status(J.IN_PROGRESS, [{I.PASSED: 1}, {I.SKIPPED: 1}]) is J.COMPLETED
     for kept in (J.DRAFT, J.PAUSED, J.CANCELLED):
         assert derive_job_status(kept, [{I.PASSED: 1}]) is kept
+
+
+_step_counts = st.dictionaries(st.sampled_from(list(ItemStatus)), st.integers(0, 3), max_size=4)
+
+
+@st.composite
+def _derivation_cases(draw: st.DrawFn) -> tuple[Any, ...]:
+    steps = tuple(StepInfo(f"s{n}", draw(st.booleans()), 1) for n in range(draw(st.integers(1, 5))))
+    job = JobRecord(
+        "job", "p", "1", "h", {}, steps, J.IN_PROGRESS, draw(st.booleans()), {}, None, "t", 0, 0
+    )
+    keys = [info.key for info in steps]
+    before = {key: draw(_step_counts) for key in keys}
+    moved = {
+        key: {**before[key], **draw(_step_counts.filter(bool))}
+        for key in draw(st.sets(st.sampled_from(keys)))
+    }
+    started = frozenset(draw(st.sets(st.sampled_from(keys))))
+    started_after = frozenset(draw(st.sets(st.sampled_from(keys))))
+    return job, before, moved, started, started_after
+
+
+@settings(max_examples=500)
+@given(_derivation_cases())
+def test_rederiving_only_what_can_change_matches_deriving_everything(
+    case: tuple[Any, ...],
+) -> None:
+    """Re-deriving only moved, flipped and upstream-decided steps gives the full derivation."""
+    job, before, moved, started, started_after = case
+    stored = step_statuses(job, before, started)
+    after = {**before, **moved}
+    full = step_statuses(job, after, started_after)
+    changed, any_open = _changed_step_statuses(job, before, moved, stored, started, started_after)
+    assert changed == {key: s for key, s in full.items() if s is not stored[key]}
+    assert any_open == any(has_open(counts) for counts in after.values())
+    assert all((status in STEP_OPEN) == has_open(after[key]) for key, status in full.items())
+    per_step = [after[info.key] for info in job.steps]
+    for current in J:
+        assert derive_job_status(current, per_step, any_open) is derive_job_status(
+            current, per_step
+        )

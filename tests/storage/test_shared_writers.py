@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from stepflow import ItemStatus, JobStatus
 from stepflow._records import ChangeSet, Claim
 from stepflow.ports import Clock, Storage
+from stepflow.storage.sql import SQLStorage
 from stepflow.testing import FakeClock
 from stepflow.testing.contract import _creation, _job, _result
 
@@ -83,3 +86,57 @@ async def test_a_writer_claims_by_the_other_writers_counters(
     assert await a.claim("a", 5, 30.0) == []
     progress = await b.progress(job.id)
     assert progress.counts["a"][I.PROCESSING] == 2
+
+
+async def test_a_row_the_database_refuses_sinks_only_its_own_change(
+    two: tuple[Storage, Storage, FakeClock],
+) -> None:
+    """A value the database refuses while a batch is written (PostgreSQL's JSON refuses
+    a NUL character; its writes are sent together) fails that change alone."""
+    a, _, clock = two
+    job = _job(concurrency=5)
+    await a.create_job(job, _creation(job, 2, clock.now()))
+    first, second = await a.claim("a", 2, 30.0)
+    bad = _result(first, I.PROCESSED, {"output": {"text": "nul \x00 here"}})
+    good = _done(second)
+    results, _ = await a.exchange([bad, good], "a", 0, 30.0)
+    # The same refusal in the batch's last statement, whose reply comes at the very end.
+    noted = ChangeSet(job.id, action_id="note", action_result={"text": "nul \x00 here"})
+    [late] = (await a.exchange([noted], "a", 0, 30.0))[0]
+    assert not isinstance(results[1], Exception)
+    progress = await a.progress(job.id)
+    counts = {status: n for status, n in progress.counts["a"].items() if n}
+    if isinstance(results[0], Exception):  # PostgreSQL
+        assert isinstance(results[0], DataError) and isinstance(late, DataError)
+        assert counts == {I.PROCESSING: 1, I.PROCESSED: 1}
+    else:  # SQLite stores the character
+        assert not isinstance(late, Exception)
+        assert counts == {I.PROCESSED: 2}
+    events = await a.read_events(job.id, 0, 1000)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_two_storages_tell_the_time_by_the_database(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Each storage's clock follows the database's (PostgreSQL's is read now and then and
+    followed locally in between): two storages agree with it to within milliseconds."""
+    with storage_factory(backend, tmp_path, request) as make:
+        first, second = make(None), make(None)
+        await first.start()
+        await second.start()
+        try:
+            readings = [(await first.now(), await second.now()) for _ in range(20)]
+            for mine, theirs in readings:
+                assert abs(mine - theirs) < 0.05
+            assert [r[0] for r in readings] == sorted(r[0] for r in readings)
+            if backend == "postgres":
+                assert isinstance(first, SQLStorage)
+                with first.engine.connect() as conn:
+                    query = text("SELECT EXTRACT(epoch FROM clock_timestamp())")
+                    database = float(conn.execute(query).scalar_one())
+                assert abs(await first.now() - database) < 0.05
+        finally:
+            await first.aclose()
+            await second.aclose()

@@ -21,13 +21,14 @@ The tests are ``async`` and use the anyio pytest plugin (``anyio_backend`` fixtu
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from .._errors import DuplicateAction, LeaseLost, NotFound, StaleWrite
+from .._errors import DuplicateAction, InvalidInput, LeaseLost, NotFound, StaleWrite
 from .._planning import new_item, visit_id
 from .._records import (
     ChangeSet,
@@ -187,6 +188,26 @@ class StorageContract:
         with pytest.raises(NotFound):
             await storage.get_job(bad.id)
         assert (await storage.progress(good.id)).counts["a"] == {I.AVAILABLE: 1}
+
+    async def test_a_taken_job_id_is_refused_alone(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """A creation whose job id exists is refused (the database refuses the whole write
+        on SQL); the other changes of that exchange still apply and the first job stays."""
+        first, other = _job(), _job()
+        await storage.create_job(first, _creation(first, 2, clock.now()))
+        again = dataclasses.replace(first, item_count=0)
+        taken = _creation(again, 1, clock.now())
+        taken.create = again
+        fine = _creation(other, 1, clock.now())
+        fine.create = other
+        results, claims = await storage.exchange([fine, taken], "owner", 5, 30.0)
+        assert isinstance(results[1], InvalidInput) and "already exists" in str(results[1])
+        assert not isinstance(results[0], Exception) and results[0].created
+        assert sorted(c.job.id for c in claims) == sorted([first.id] * 2 + [other.id])
+        kept = await storage.progress(first.id)
+        assert {status: n for status, n in kept.counts["a"].items() if n} == {I.PROCESSING: 2}
+        assert kept.job.item_count == 2
 
     async def test_step_statuses_agree_with_progress(
         self, storage: Storage, clock: FakeClock

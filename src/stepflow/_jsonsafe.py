@@ -1,6 +1,7 @@
 """Checking that a value is JSON every backend can store, within a size limit.
 
-Design decision: stepflow stores JSON only (never pickle), and it refuses, before
+Design decision: stepflow stores JSON only (never pickle), encoded by orjson (the
+standard library takes over for the rare value orjson refuses), and it refuses, before
 anything is written, what some backend could not store faithfully: non-JSON types,
 NaN and infinities, ``\\u0000`` and lone surrogates (PostgreSQL rejects both), nesting
 deeper than :data:`MAX_DEPTH`, and anything larger than the field's limit. The same
@@ -13,7 +14,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from ._errors import InvalidInput, LimitExceeded
 
@@ -21,7 +25,22 @@ __all__ = [
     "LIMITS",
     "MAX_DEPTH",
     "check_json",
+    "dumps_text",
+    "loads",
 ]
+
+#: Parse JSON text (``str`` or ``bytes``).
+loads: Callable[[str | bytes], Any] = orjson.loads
+
+
+def dumps_text(value: Any) -> str:
+    """``value`` as compact JSON text: orjson, or the standard library for what orjson
+    refuses (integers beyond 64 bits), so every value :func:`check_json` accepts encodes."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
 
 MAX_DEPTH = 32
 #: Default size limits, in bytes of compact UTF-8 JSON.

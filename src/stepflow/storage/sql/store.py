@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -153,6 +154,20 @@ def _counter(counts: Mapping[ItemStatus, int]) -> Counter[ItemStatus]:
     return copy
 
 
+#: A read for :meth:`SQLStorage._raw_selects`: its name, how to build it, its parameters.
+_Read = tuple[str, Callable[[], Any], Mapping[str, Any]]
+
+
+@dataclasses.dataclass(slots=True)
+class _FirstReads:
+    """What an exchange read first, in one go: due visits, job versions, named visits."""
+
+    candidates: list[VisitRecord]
+    versions: dict[str, int]
+    asked: set[str]  #: the job ids whose versions were asked for (found or not)
+    visits: dict[str, VisitRecord]
+
+
 class SQLStorage(Storage):
     """Durable storage in SQLite (a file path, or ``sqlite:///path``) or PostgreSQL
     (``postgresql://...``).
@@ -224,10 +239,32 @@ class SQLStorage(Storage):
         rows come back as plain tuples in the select's column order, JSON columns as the
         driver returns them (text on SQLite, decoded on PostgreSQL). For the hot reads of
         a group commit this skips SQLAlchemy's per-row result processing."""
-        sql, names, defaults = self._stmt(f"raw-select-{name}", lambda: self._compiled(build()))
+        sql, names, defaults = self._compiled_select(name, build)
         values = {**defaults, **params}
         args: Any = tuple(values[n] for n in names) if names else values
         return conn.exec_driver_sql(sql, args).fetchall()
+
+    def _raw_selects(self, conn: Connection, reads: Sequence[_Read]) -> list[Sequence[Any]]:
+        """Several :meth:`_raw_select` reads that do not depend on each other. PostgreSQL
+        gets them all at once and answers them in one round trip (pipeline mode); the
+        statements still run in order, so locks are taken in the order given."""
+        if self.is_sqlite or len(reads) < 2:
+            return [self._raw_select(conn, name, build, params) for name, build, params in reads]
+        raw: Any = conn.connection.driver_connection
+        cursors = []
+        with self._pipelined(conn):
+            for name, build, params in reads:
+                sql, _, defaults = self._compiled_select(name, build)
+                cursor = raw.cursor()
+                cursor.execute(sql, {**defaults, **params})
+                cursors.append(cursor)
+        return [cursor.fetchall() for cursor in cursors]
+
+    def _compiled_select(
+        self, name: str, build: Callable[[], Any]
+    ) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """The select ``build`` gives, compiled on first use (see :meth:`_compiled`)."""
+        return self._stmt(f"raw-select-{name}", lambda: self._compiled(build()))
 
     def _compiled(self, query: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """``query`` as the driver's SQL, the order of its positional parameters (SQLite;
@@ -249,6 +286,14 @@ class SQLStorage(Storage):
         """``values`` as ``_among`` binds them (sorted: rows lock in one order)."""
         ordered = sorted(values)
         return dumps_text(ordered) if self.is_sqlite else ordered
+
+    def _raw_job_row(self, row: Sequence[Any]) -> Any:
+        """A raw job row (``_job_columns`` order) read like a SQLAlchemy row."""
+        names = self._stmt("job-column-names", lambda: [c.name for c in self._job_columns()])
+        values = dict(zip(names, row, strict=True))
+        for name in ("steps", "metadata", "started_steps", "step_statuses"):
+            values[name] = self._json_decode(values[name])
+        return SimpleNamespace(**values)
 
     def _visit_from_raw(self, row: Sequence[Any]) -> VisitRecord:
         """A visit from a raw row of every visits column, in table order."""
@@ -627,18 +672,16 @@ class SQLStorage(Storage):
         """Each existing job's ``seq``, its row locked (id order) on PostgreSQL."""
         if not job_ids:
             return {}
+        return dict(self._raw_select(conn, *self._versions_read(job_ids)))
+
+    def _versions_read(self, job_ids: Collection[str]) -> _Read:
         j = self.tables.jobs
 
         def build() -> Any:
-            query = (
-                select(j.c.id, j.c.seq)
-                .where(j.c.id.in_(bindparam("ids", expanding=True)))
-                .order_by(j.c.id)
-            )
+            query = select(j.c.id, j.c.seq).where(self._among(j.c.id)).order_by(j.c.id)
             return query if self.is_sqlite else query.with_for_update()
 
-        rows = conn.execute(self._stmt("job-versions", build), {"ids": sorted(job_ids)})
-        return dict(rows.all())
+        return "job-versions", build, {"ids": self._listed(job_ids)}
 
     def _cached(self, job_id: str, seq: int) -> BatchJob | None:
         with self._job_states_lock:
@@ -685,6 +728,9 @@ class SQLStorage(Storage):
     ) -> dict[str, VisitRecord]:
         if not ids:
             return {}
+        return self._visits_of(self._raw_select(conn, *self._visits_read(ids, lock)))
+
+    def _visits_read(self, ids: Collection[str], lock: bool) -> _Read:
         v = self.tables.visits
         lock = lock and not self.is_sqlite
 
@@ -692,7 +738,9 @@ class SQLStorage(Storage):
             query = select(v).where(self._among(v.c.id)).order_by(v.c.id)
             return query.with_for_update() if lock else query
 
-        rows = self._raw_select(conn, f"visits-lock={lock}", build, {"ids": self._listed(ids)})
+        return f"visits-lock={lock}", build, {"ids": self._listed(ids)}
+
+    def _visits_of(self, rows: Sequence[Any]) -> dict[str, VisitRecord]:
         read = self._visit_from_raw
         return {row[0]: read(row) for row in rows}
 
@@ -703,10 +751,12 @@ class SQLStorage(Storage):
         job_ids: Collection[str],
         changes: Sequence[ChangeSet] = (),
         visits: Collection[VisitRecord] = (),
+        read: _FirstReads | None = None,
     ) -> CommitBatch:
         """Lock and load everything ``changes`` (and claims in ``job_ids``) may touch.
 
         Lock order, for every writer: job rows in id order, then visit rows in id order.
+        ``read`` holds what :meth:`_first_reads` already read (and locked) of it.
         """
         t = self.tables
         batch = CommitBatch(now)
@@ -715,7 +765,10 @@ class SQLStorage(Storage):
         # A job's ``seq`` moves with every change to its row and counters, so a job
         # whose stored seq is the one this process last committed is exactly as it
         # was left: lock and read just the versions, and load in full only the rest.
-        versions = self._job_versions(conn, job_ids)
+        if read is None:
+            versions = self._job_versions(conn, job_ids)
+        else:
+            versions = {**read.versions, **self._job_versions(conn, job_ids - read.asked)}
         kept = {job_id: self._cached(job_id, seq) for job_id, seq in versions.items()}
         stale = [job_id for job_id, state in kept.items() if state is None]
         rows = self._load_jobs(conn, stale)
@@ -738,6 +791,10 @@ class SQLStorage(Storage):
         for visit in visits:
             batch.add_visit(visit)
         named = {vc.visit_id for change in changes for vc in change.visits} - batch.stored
+        if read is not None:
+            for visit in read.visits.values():
+                batch.add_visit(visit)
+            named -= read.visits.keys()
         for visit in (self._load_visits(conn, named, lock=True)).values():
             batch.add_visit(visit)
         action_ids = {change.action_id for change in changes if change.action_id is not None}
@@ -863,8 +920,9 @@ class SQLStorage(Storage):
         lease_seconds: float,
     ) -> tuple[list[CommitResult | Exception], list[Claim]]:
         now = self._db_now(conn)
-        candidates = self._candidates(conn, limit, now) if limit > 0 else []
-        batch = self._batch(conn, now, {v.job_id for v in candidates}, changes, candidates)
+        read = self._first_reads(conn, changes, limit, now)
+        candidates = read.candidates
+        batch = self._batch(conn, now, {v.job_id for v in candidates}, changes, candidates, read)
         keys = [c.create.idempotency_key for c in changes if c.create is not None]
         for job in self._jobs_by_key(conn, [k for k in keys if k is not None]):
             batch.add_keyed_job(job)
@@ -873,6 +931,24 @@ class SQLStorage(Storage):
         self._write_batch(conn, batch)
         claims = self._claims(conn, batch, claimed) if claimed else []
         return results, claims
+
+    def _first_reads(
+        self, conn: Connection, changes: Sequence[ChangeSet], limit: int, now: float
+    ) -> _FirstReads:
+        """An exchange's first reads, sent together: up to ``limit`` due visits, the
+        versions of the changes' jobs and the visits the changes name, all locked."""
+        job_ids = {change.job_id for change in changes}
+        named = {vc.visit_id for change in changes for vc in change.visits}
+        reads = self._candidate_reads(limit, now) if limit > 0 else []
+        if job_ids:
+            reads.append(self._versions_read(job_ids))
+        if named:
+            reads.append(self._visits_read(named, lock=True))
+        found = list(self._raw_selects(conn, reads))
+        visits = self._visits_of(found.pop()) if named else {}
+        versions = dict(found.pop()) if job_ids else {}
+        candidates = self._due(found, limit) if limit > 0 else []
+        return _FirstReads(candidates, versions, job_ids, visits)
 
     def _write_batch(self, conn: Connection, batch: CommitBatch) -> None:
         """Write a batch's final rows with one bulk statement per table, sent together."""
@@ -1036,21 +1112,27 @@ class SQLStorage(Storage):
         Only a step's ``concurrency`` minus what it has processing may be claimed; this
         query drops full steps, and the batch counts exactly under the job lock.
         """
-        found: dict[str, VisitRecord] = {}
+        return self._due(self._raw_selects(conn, self._candidate_reads(limit, now)), limit)
+
+    def _candidate_reads(self, limit: int, now: float) -> list[_Read]:
+        """The two candidate reads (due retries, then available visits), each for up to
+        ``limit`` rows; :meth:`_due` keeps the first ``limit`` of both."""
+        params = {"now": now, "limit": limit}
+        return [
+            ("candidates-0", lambda: self._stmt("candidates", self._candidate_queries)[0], params),
+            ("candidates-1", lambda: self._stmt("candidates", self._candidate_queries)[1], params),
+        ]
+
+    def _due(self, found: Sequence[Sequence[Any]], limit: int) -> list[VisitRecord]:
+        visits: dict[str, VisitRecord] = {}
         read = self._visit_from_raw
-        for which in (0, 1):
-            rows = self._raw_select(
-                conn,
-                f"candidates-{which}",
-                lambda which=which: self._candidate_queries()[which],  # type: ignore[misc]
-                {"now": now, "limit": limit - len(found)},
-            )
+        for rows in found:
             for row in rows:
-                if row[0] not in found:
-                    found[row[0]] = read(row)
-            if len(found) >= limit:
-                break
-        return list(found.values())
+                if len(visits) >= limit:
+                    return list(visits.values())
+                if row[0] not in visits:
+                    visits[row[0]] = read(row)
+        return list(visits.values())
 
     def _candidate_queries(self) -> tuple[Any, Any]:
         """Due retries (by due time), then available visits (by position)."""
@@ -1088,18 +1170,18 @@ class SQLStorage(Storage):
     ) -> list[Claim]:
         t = self.tables
         item_ids = {vis.item_id for vis in claimed}
-        rows = self._raw_select(
-            conn,
+        items_read = (
             "items",
             lambda: select(t.items).where(self._among(t.items.c.id)),
             {"ids": self._listed(item_ids)},
         )
+        rows, output_rows = self._raw_selects(conn, [items_read, self._outputs_read(item_ids)])
         decode = self._json_decode
         items = {
             id_: ItemRecord(id_, job_id, key, decode(data), created_at, position, parent_id)
             for id_, job_id, key, data, created_at, position, parent_id in rows
         }
-        outputs = self._outputs(conn, item_ids)
+        outputs = self._outputs_of(output_rows, item_ids)
         jobs = {job_id: batch.job_copy(job_id) for job_id in {vis.job_id for vis in claimed}}
         return [
             Claim(
@@ -1112,18 +1194,25 @@ class SQLStorage(Storage):
         ]
 
     def _outputs(self, conn: Connection, item_ids: Collection[str]) -> dict[str, dict[str, Any]]:
-        v = self.tables.visits
-        found: dict[str, dict[str, Any]] = {i: {} for i in item_ids}
         if not item_ids:
-            return found
-        rows = self._raw_select(
-            conn,
+            return {}
+        return self._outputs_of(self._raw_select(conn, *self._outputs_read(item_ids)), item_ids)
+
+    def _outputs_read(self, item_ids: Collection[str]) -> _Read:
+        v = self.tables.visits
+        return (
             "outputs",
             lambda: select(v.c.item_id, v.c.step, v.c.output).where(
                 self._among(v.c.item_id), v.c.output.is_not(None)
             ),
             {"ids": self._listed(item_ids)},
         )
+
+    def _outputs_of(
+        self, rows: Sequence[Any], item_ids: Collection[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Each item's outputs by step, from the rows of :meth:`_outputs_read`."""
+        found: dict[str, dict[str, Any]] = {i: {} for i in item_ids}
         decode = self._json_decode
         for item_id, step, output in rows:
             if output is not None:
@@ -1333,16 +1422,68 @@ class SQLStorage(Storage):
         step: str | None,
         item_ids: Collection[str],
     ) -> ActionReads:
+        t = self.tables
+        j, a, i, v = t.jobs, t.actions, t.items, t.visits
+        job_read: _Read = (
+            "job",
+            lambda: select(*self._job_columns()).where(j.c.id == bindparam("job")),
+            {"job": job_id},
+        )
+        action_read: _Read = (
+            "action",
+            lambda: select(a.c.result).where(
+                a.c.job_id == bindparam("job"), a.c.action_id == bindparam("action")
+            ),
+            {"job": job_id, "action": action_id},
+        )
+        listed = self._listed(item_ids)
+        visits_read: _Read = (
+            "visits-at-step",
+            lambda: select(v).where(
+                v.c.job_id == bindparam("job"),
+                v.c.step == bindparam("step"),
+                self._among(v.c.item_id),
+            ),
+            {"job": job_id, "step": step, "ids": listed},
+        )
+        items_read: _Read = (
+            "job-items",
+            lambda: select(i).where(i.c.job_id == bindparam("job"), self._among(i.c.id)),
+            {"job": job_id, "ids": listed},
+        )
+
         def op(conn: Connection) -> ActionReads:
-            reads = ActionReads(self._load_job(conn, job_id)[0])
+            # Everything at once (one round trip on PostgreSQL): the items and outputs
+            # are asked for by the ids named, and kept for the visits found.
+            wanted = [job_read]
             if action_id is not None:
-                reads.previous = self._action(conn, job_id, action_id)
-            if step is not None and item_ids:
+                wanted.append(action_read)
+            named = step is not None and bool(item_ids)
+            if named:
+                wanted += [visits_read, items_read, self._outputs_read(item_ids)]
+            found = list(self._raw_selects(conn, wanted))
+            rows = [self._raw_job_row(row) for row in found.pop(0)]
+            if not rows:
+                raise NotFound("job", job_id)
+            self._definitions_for(conn, rows)
+            reads = ActionReads(self._job_from_row(rows[0]))
+            if action_id is not None:
+                previous = found.pop(0)
+                reads.previous = None if not previous else (self._json_decode(previous[0][0]) or {})
+            if named:
+                assert step is not None
+                visit_rows, item_rows, output_rows = found
+                visits = {r.item_id: r for r in map(self._visit_from_raw, visit_rows)}
+                decode = self._json_decode
                 reads.step, reads.item_ids = step, frozenset(item_ids)
-                reads.visits = self._visits_at(conn, job_id, step, item_ids)
-                found = list(reads.visits)
-                reads.items = self._items(conn, job_id, found)
-                reads.outputs = self._outputs(conn, found)
+                reads.visits = visits
+                reads.items = {
+                    id_: ItemRecord(id_, job, key, decode(data), created, position, parent)
+                    for id_, job, key, data, created, position, parent in item_rows
+                    if id_ in visits
+                }
+                outputs = self._outputs_of(output_rows, item_ids)
+                reads.outputs = {k: o for k, o in outputs.items() if k in visits}
             return reads
 
         return await self._read(op)

@@ -246,7 +246,7 @@ class StorageContract:
         assert reads.items[claim.item.id].data == claim.item.data
         assert reads.outputs[claim.item.id] == {"a": {"seen": True}}
         at_b = await storage.action_reads(job.id, None, "b", wanted)  # no visits at b yet
-        assert at_b.visits == at_b.items == at_b.outputs == {}
+        assert not at_b.visits and not at_b.items and not at_b.outputs
         bare = await storage.action_reads(job.id, "never", None, ())
         assert bare.previous is None and bare.step is None and bare.visits == {}
         with pytest.raises(NotFound):

@@ -55,7 +55,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    OperationalError,
+)
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from ..._batch import BatchJob, CommitBatch
@@ -137,6 +143,7 @@ _JOB_FIELDS = (
     "started_steps",
 )
 _CLOCK_READ_EVERY = 10.0  #: seconds between reads of PostgreSQL's clock
+_PING_AFTER_IDLE = 1.0  #: a pooled connection idle this long is checked before use
 _JOB_STATES_KEPT = 10_000  #: jobs whose committed state one process keeps
 
 
@@ -244,15 +251,22 @@ class SQLStorage(Storage):
         args: Any = tuple(values[n] for n in names) if names else values
         return conn.exec_driver_sql(sql, args).fetchall()
 
-    def _raw_selects(self, conn: Connection, reads: Sequence[_Read]) -> list[Sequence[Any]]:
-        """Several :meth:`_raw_select` reads that do not depend on each other. PostgreSQL
-        gets them all at once and answers them in one round trip (pipeline mode); the
-        statements still run in order, so locks are taken in the order given."""
-        if self.is_sqlite or len(reads) < 2:
+    def _raw_selects(
+        self, conn: Connection, reads: Sequence[_Read], before: Callable[[], None] | None = None
+    ) -> list[Sequence[Any]]:
+        """Several :meth:`_raw_select` reads that do not depend on each other's results,
+        after ``before`` (writes whose results nobody reads). PostgreSQL gets it all at
+        once and answers in one round trip (pipeline mode); the statements still run in
+        order, so locks are taken, and writes seen, in the order given."""
+        if self.is_sqlite or len(reads) + (before is not None) < 2:
+            if before is not None:
+                before()
             return [self._raw_select(conn, name, build, params) for name, build, params in reads]
         raw: Any = conn.connection.driver_connection
         cursors = []
         with self._pipelined(conn):
+            if before is not None:
+                before()
             for name, build, params in reads:
                 sql, _, defaults = self._compiled_select(name, build)
                 cursor = raw.cursor()
@@ -464,13 +478,9 @@ class SQLStorage(Storage):
     def _make_engine(self) -> Engine:
         json_codec = {"json_serializer": dumps_text, "json_deserializer": loads}
         if not self.is_sqlite:
-            return create_engine(
-                self.url,
-                pool_pre_ping=True,
-                pool_size=self._threads,
-                max_overflow=2,
-                **json_codec,
-            )
+            pg = create_engine(self.url, pool_size=self._threads, max_overflow=2, **json_codec)
+            _ping_when_idle(pg)
+            return pg
         engine = create_engine(self.url, pool_size=self._threads, max_overflow=2, **json_codec)
         busy_timeout = self._busy_timeout
 
@@ -545,6 +555,13 @@ class SQLStorage(Storage):
             return await self._in_thread(op, write=True)
 
     async def _read(self, op: Callable[[Connection], T]) -> T:
+        try:
+            return await self._in_thread(op, write=False)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        # The connection had died (the server restarted while it was in use): the pool
+        # has dropped it; a read is safe to run again, on a fresh connection.
         return await self._in_thread(op, write=False)
 
     def _db_now(self, conn: Connection) -> float:
@@ -928,9 +945,14 @@ class SQLStorage(Storage):
             batch.add_keyed_job(job)
         results: list[CommitResult | Exception] = list(batch.apply_each(changes))
         claimed = batch.claim([v.id for v in candidates], owner, limit, now + lease_seconds)
-        self._write_batch(conn, batch)
-        claims = self._claims(conn, batch, claimed) if claimed else []
-        return results, claims
+        if not claimed:
+            self._write_batch(conn, batch)
+            return results, []
+        # The claimed items and their outputs are read right after the writes, in the
+        # same round trip on PostgreSQL.
+        reads = self._claim_reads(claimed)
+        found = self._raw_selects(conn, reads, lambda: self._write_rows(conn, batch))
+        return results, self._claims(batch, claimed, *found)
 
     def _first_reads(
         self, conn: Connection, changes: Sequence[ChangeSet], limit: int, now: float
@@ -1165,23 +1187,30 @@ class SQLStorage(Storage):
             queries = [q.with_for_update(skip_locked=True, of=v) for q in queries]
         return queries[0], queries[1]
 
-    def _claims(
-        self, conn: Connection, batch: CommitBatch, claimed: list[VisitRecord]
-    ) -> list[Claim]:
+    def _claim_reads(self, claimed: Sequence[VisitRecord]) -> list[_Read]:
+        """The reads that complete claims: the items, and their outputs so far."""
         t = self.tables
         item_ids = {vis.item_id for vis in claimed}
-        items_read = (
+        items_read: _Read = (
             "items",
             lambda: select(t.items).where(self._among(t.items.c.id)),
             {"ids": self._listed(item_ids)},
         )
-        rows, output_rows = self._raw_selects(conn, [items_read, self._outputs_read(item_ids)])
+        return [items_read, self._outputs_read(item_ids)]
+
+    def _claims(
+        self,
+        batch: CommitBatch,
+        claimed: Sequence[VisitRecord],
+        item_rows: Sequence[Any],
+        output_rows: Sequence[Any],
+    ) -> list[Claim]:
         decode = self._json_decode
         items = {
             id_: ItemRecord(id_, job_id, key, decode(data), created_at, position, parent_id)
-            for id_, job_id, key, data, created_at, position, parent_id in rows
+            for id_, job_id, key, data, created_at, position, parent_id in item_rows
         }
-        outputs = self._outputs_of(output_rows, item_ids)
+        outputs = self._outputs_of(output_rows, items)
         jobs = {job_id: batch.job_copy(job_id) for job_id in {vis.job_id for vis in claimed}}
         return [
             Claim(
@@ -1567,6 +1596,27 @@ class SQLStorage(Storage):
         from .limits import SQLLimiter
 
         return SQLLimiter(self, clock or self.clock or SystemClock(), **options)
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled PostgreSQL connection before use only when it sat idle for
+    ``_PING_AFTER_IDLE`` seconds: a busy process saves a round trip per transaction,
+    and a dead connection found by the check is replaced before anything runs on it
+    (one found later fails that transaction: reads run again, writes are offered
+    again by the engine)."""
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("stepflow_returned", -math.inf) < _PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure at all: the pool opens a new connection
+            raise DisconnectionError(f"connection check failed: {type(exc).__name__}") from exc
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["stepflow_returned"] = time.monotonic()
 
 
 def _as_is(value: Any) -> Any:

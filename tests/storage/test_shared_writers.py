@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DataError
@@ -140,3 +141,29 @@ async def test_two_storages_tell_the_time_by_the_database(
         finally:
             await first.aclose()
             await second.aclose()
+
+
+async def test_a_read_on_a_connection_that_died_runs_again(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A pooled PostgreSQL connection killed while idle for less than the check interval
+    fails its next read once; the storage runs that read again on a fresh connection."""
+    with storage_factory("postgres", tmp_path, request) as make:
+        storage = make(None)
+        await storage.start()
+        try:
+            assert isinstance(storage, SQLStorage)
+            job = _job()
+            await storage.create_job(job, _creation(job, 1, 0.0))
+            with storage.engine.connect() as first, storage.engine.connect() as second:
+                pids = [
+                    conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+                    for conn in (first, second)
+                ]
+            url = storage.engine.url.set(drivername="postgresql")
+            with psycopg.connect(url.render_as_string(hide_password=False)) as killer:
+                for pid in pids:  # both pooled connections die while idle in the pool
+                    killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            assert (await storage.get_job(job.id)).id == job.id
+        finally:
+            await storage.aclose()

@@ -25,12 +25,12 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 
 from ._conditions import evaluate
 from ._definitions import ErrorKind, Pipeline, Step, SubStep
 from ._errors import InvalidInput, StaleWrite, StepflowError
 from ._handlers import AskPerson, ErrorClassifier, Failure, HandlerContext, Handlers, SkipItem
+from ._handoff import Handoff
 from ._jsonsafe import check_json
 from ._planning import (
     condition_context,
@@ -141,39 +141,45 @@ class Engine:
         """
         self.claiming = False
         self._wake = anyio.Event()
-        send, receive = anyio.create_memory_object_stream[Claim](1)
-        async with send, receive:
-            task_status.started()
-            await self._write_until_cancelled(send)
+        task_status.started()
+        await self._write_until_cancelled(Handoff[Claim]())
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: dispatcher, workers, heartbeat, rescuer, progress."""
         self.claiming = True
         await self.storage.rescue_expired(self._rescue_delay)  # startup recovery
         self._wake = anyio.Event()  # bound to this run's event loop
-        # Never more claims in flight than workers, so a send never waits.
-        send, receive = anyio.create_memory_object_stream[Claim](self.max_concurrency)
-        async with anyio.create_task_group() as tg, send, receive:
-            for _ in range(self.max_concurrency):
-                tg.start_soon(self._worker, receive.clone())
-            tg.start_soon(self._heartbeat)
-            tg.start_soon(self._flush_progress)
-            task_status.started()
-            await self._write_until_cancelled(send)
+        # Never more claims handed out than workers: one waits for a worker only while
+        # the worker that freed it hands its result in.
+        handoff = Handoff[Claim]()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.max_concurrency):
+                    tg.start_soon(self._worker, handoff)
+                tg.start_soon(self._heartbeat)
+                tg.start_soon(self._flush_progress)
+                task_status.started()
+                await self._write_until_cancelled(handoff)
+        finally:
+            unstarted = handoff.take_all()
+            if unstarted:  # claimed, never started: hand them back at once
+                with anyio.CancelScope(shield=True), suppress(Exception):
+                    keys = [(c.visit.id, c.visit.token) for c in unstarted]
+                    await self.storage.release(self.owner, keys)
 
     # -- the one writer -------------------------------------------------------------
 
-    async def _write_until_cancelled(self, send: MemoryObjectSendStream[Claim]) -> None:
+    async def _write_until_cancelled(self, handoff: Handoff[Claim]) -> None:
         """Be the writer; when stopped, write what was handed in but not yet written."""
         self._dispatching = True
         try:
-            await self._dispatch(send)
+            await self._dispatch(handoff)
         finally:
             self._dispatching = False
             with anyio.CancelScope(shield=True):
                 await self._flush_at_exit()
 
-    async def _dispatch(self, send: MemoryObjectSendStream[Claim]) -> None:
+    async def _dispatch(self, handoff: Handoff[Claim]) -> None:
         while True:
             writes, self._outbox = self._outbox, []
             self._wake = anyio.Event()
@@ -201,7 +207,7 @@ class Engine:
             # action's caller is woken with its result.
             for claim in claims:
                 self._busy += 1
-                send.send_nowait(claim)
+                handoff.put(claim)
                 self._publish(claim.job.id, claim.job.seq)
             self._settle(writes, results)
             self._check_idle()
@@ -294,19 +300,19 @@ class Engine:
         if self._idle is not None and not (self._busy or self._outbox or self._writing):
             self._idle.set()
 
-    async def _worker(self, receive: anyio.abc.ObjectReceiveStream[Claim]) -> None:
-        async with receive:
-            async for claim in receive:
-                try:
-                    change = await self._process(claim)
-                except Exception:  # a bug in stepflow must not kill the worker pool
-                    log.exception("processing %s failed", claim.visit.id)
-                    change = None
-                if change is not None:
-                    self._hand_in(_Write(change))
-                self._busy -= 1
-                self._wake.set()  # a worker is free: the dispatcher may claim for it
-                self._check_idle()
+    async def _worker(self, handoff: Handoff[Claim]) -> None:
+        while True:
+            claim = await handoff.get()
+            try:
+                change = await self._process(claim)
+            except Exception:  # a bug in stepflow must not kill the worker pool
+                log.exception("processing %s failed", claim.visit.id)
+                change = None
+            if change is not None:
+                self._hand_in(_Write(change))
+            self._busy -= 1
+            self._wake.set()  # a worker is free: the dispatcher may claim for it
+            self._check_idle()
 
     async def _heartbeat(self) -> None:
         while True:

@@ -121,7 +121,10 @@ def test_workers_survive_a_postgres_restart_and_lose_nothing(
             for p in running
         )
         figures["writes_retried"] = retried
-    assert unfinished_at_restart and at_restart < total  # the restart came mid-batch
+    # The restart came mid-batch and cut writes off (the figure after it may already be
+    # the total: the downtime is short and the workers catch up while it is checked).
+    assert unfinished_at_restart and retried > 0
+    assert at_restart <= total
     assert codes == [0] * WORKERS
     assert report.item_steps == total
     assert report.runs == total  # leases outlast the restart: nothing needed to run again

@@ -76,6 +76,7 @@ class MemoryStorage(Storage):
         self._visits: dict[str, VisitRecord] = {}
         self._at_step: dict[tuple[str, str], dict[str, str]] = {}
         self._of_item: dict[str, list[str]] = {}
+        self._item_outputs: dict[str, dict[str, Any]] = {}  #: by item, then step
         self._counts: dict[str, dict[str, Counter[ItemStatus]]] = {}
         self._sub_counts: dict[str, dict[str, dict[str, Counter[SubStepStatus]]]] = {}
         self._statuses: dict[str, dict[str, StepStatus]] = {}
@@ -176,6 +177,10 @@ class MemoryStorage(Storage):
     def _store_visit(self, visit: VisitRecord) -> None:
         old = self._visits.get(visit.id)
         self._visits[visit.id] = visit
+        if visit.output is not None:
+            self._item_outputs.setdefault(visit.item_id, {})[visit.step] = visit.output
+        elif old is not None and old.output is not None:
+            self._item_outputs[visit.item_id].pop(visit.step, None)
         if old is None:
             self._at_step.setdefault((visit.job_id, visit.step), {})[visit.item_id] = visit.id
             self._of_item.setdefault(visit.item_id, []).append(visit.id)
@@ -372,11 +377,7 @@ class MemoryStorage(Storage):
         return [(items[v.item_id], v) for v in rows[:limit]]
 
     def _outputs(self, item_id: str) -> dict[str, Any]:
-        return {
-            visit.step: visit.output
-            for visit in (self._visits[v] for v in self._of_item.get(item_id, ()))
-            if visit.output is not None
-        }
+        return dict(self._item_outputs.get(item_id, ()))
 
     async def item_outputs(
         self, job_id: str, item_ids: Collection[str]

@@ -43,7 +43,7 @@ from ._snapshot import build_snapshot, job_view
 from ._states import JOB_TERMINAL, ItemStatus, JobStatus, StepStatus
 from .brokers import default_broker
 from .executors.inprocess import InProcessExecutor
-from .ports import Clock, EventBroker, Executor, Limiter, Storage
+from .ports import Clock, EventBroker, Executor, JobProgress, Limiter, Storage
 from .storage.memory import MemoryStorage
 
 __all__ = ["ItemInput", "Orchestrator"]
@@ -763,12 +763,16 @@ class Orchestrator:
             )
 
         with anyio.fail_after(timeout):
+            # The first look reads everything (a job already settled answers at once);
+            # after that, poll the job's row alone and read the rest once it looks done.
+            progress: JobProgress | None = await self.storage.progress(job_id)
+            seq = 0
             while True:
-                # Poll the job's row alone; read the counters only once it looks done.
-                job, statuses = await self.storage.step_statuses(job_id)
-                if settled(job, statuses):
-                    progress = await self.storage.progress(job_id)
+                if progress is not None:
                     if settled(progress.job, progress.step_statuses):
                         return build_snapshot(progress, self._pipeline_for(progress.job))
-                    job = progress.job
-                await self.broker.wait_job(job_id, job.seq, timeout=1.0)
+                    seq = progress.job.seq
+                await self.broker.wait_job(job_id, seq, timeout=1.0)
+                job, statuses = await self.storage.step_statuses(job_id)
+                seq = job.seq
+                progress = await self.storage.progress(job_id) if settled(job, statuses) else None

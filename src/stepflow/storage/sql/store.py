@@ -30,35 +30,27 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from operator import itemgetter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from sqlalchemy import (
-    JSON,
     Connection,
     Engine,
-    String,
-    any_,
     bindparam,
     create_engine,
     event,
     func,
     insert,
-    literal_column,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
-    DisconnectionError,
     IntegrityError,
     OperationalError,
 )
@@ -83,6 +75,7 @@ from ..._records import (
 )
 from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 from ...ports import Clock, JobProgress, Storage
+from ._driver import DriverStatements, Read, decode_json, jsonb_parameter, ping_when_idle
 from ._pragmas import prepare_sqlite
 from .tables import Tables, build_tables
 
@@ -143,7 +136,6 @@ _JOB_FIELDS = (
     "started_steps",
 )
 _CLOCK_READ_EVERY = 10.0  #: seconds between reads of PostgreSQL's clock
-_PING_AFTER_IDLE = 1.0  #: a pooled connection idle this long is checked before use
 _JOB_STATES_KEPT = 10_000  #: jobs whose committed state one process keeps
 
 
@@ -161,10 +153,6 @@ def _counter(counts: Mapping[ItemStatus, int]) -> Counter[ItemStatus]:
     return copy
 
 
-#: A read for :meth:`SQLStorage._raw_selects`: its name, how to build it, its parameters.
-_Read = tuple[str, Callable[[], Any], Mapping[str, Any]]
-
-
 @dataclasses.dataclass(slots=True)
 class _FirstReads:
     """What an exchange read first, in one go: due visits, job versions, named visits."""
@@ -175,7 +163,7 @@ class _FirstReads:
     visits: dict[str, VisitRecord]
 
 
-class SQLStorage(Storage):
+class SQLStorage(DriverStatements, Storage):
     """Durable storage in SQLite (a file path, or ``sqlite:///path``) or PostgreSQL
     (``postgresql://...``).
 
@@ -218,88 +206,10 @@ class SQLStorage(Storage):
         self._job_states: dict[str, BatchJob] = {}
         self._job_states_lock = threading.Lock()  #: transactions run in several threads
         #: How a JSON value goes to the driver: text for sqlite3, psycopg's Jsonb wrapper.
-        self._json_parameter: Callable[[Any], Any] = dumps_text if self.is_sqlite else _jsonb()
-        self._json_decode: Callable[[Any], Any] = _decoded if self.is_sqlite else _as_is
-
-    def _insert_many(self, conn: Connection, table: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` (dicts by column name) with one driver-level ``executemany``.
-
-        The statement text is made once from the table (identifiers quoted by the
-        dialect); values go to the driver as tuples, JSON columns encoded here. For the
-        thousands of event and visit rows of a busy group commit this skips
-        SQLAlchemy's per-row parameter processing, the largest cost left on that path.
-        """
-        names = self._columns(table)
-        sql = self._stmt(f"raw-insert-{table.name}", lambda: self._raw_insert(table, names))
-        self._run_raw(conn, sql, table, names, rows)
-
-    def _columns(self, table: Any) -> tuple[str, ...]:
-        """``table``'s column names, in order (read once per table)."""
-        return self._stmt(
-            f"columns-{table.name}", lambda: tuple(column.name for column in table.columns)
+        self._json_parameter: Callable[[Any], Any] = (
+            dumps_text if self.is_sqlite else jsonb_parameter()
         )
-
-    def _raw_select(
-        self, conn: Connection, name: str, build: Callable[[], Any], params: Mapping[str, Any]
-    ) -> Sequence[Any]:
-        """Run the select ``build`` gives (built and compiled once) on the driver itself:
-        rows come back as plain tuples in the select's column order, JSON columns as the
-        driver returns them (text on SQLite, decoded on PostgreSQL). For the hot reads of
-        a group commit this skips SQLAlchemy's per-row result processing."""
-        sql, names, defaults = self._compiled_select(name, build)
-        values = {**defaults, **params}
-        args: Any = tuple(values[n] for n in names) if names else values
-        return conn.exec_driver_sql(sql, args).fetchall()
-
-    def _raw_selects(
-        self, conn: Connection, reads: Sequence[_Read], before: Callable[[], None] | None = None
-    ) -> list[Sequence[Any]]:
-        """Several :meth:`_raw_select` reads that do not depend on each other's results,
-        after ``before`` (writes whose results nobody reads). PostgreSQL gets it all at
-        once and answers in one round trip (pipeline mode); the statements still run in
-        order, so locks are taken, and writes seen, in the order given."""
-        if self.is_sqlite or len(reads) + (before is not None) < 2:
-            if before is not None:
-                before()
-            return [self._raw_select(conn, name, build, params) for name, build, params in reads]
-        raw: Any = conn.connection.driver_connection
-        cursors = []
-        with self._pipelined(conn):
-            if before is not None:
-                before()
-            for name, build, params in reads:
-                sql, _, defaults = self._compiled_select(name, build)
-                cursor = raw.cursor()
-                cursor.execute(sql, {**defaults, **params})
-                cursors.append(cursor)
-        return [cursor.fetchall() for cursor in cursors]
-
-    def _compiled_select(
-        self, name: str, build: Callable[[], Any]
-    ) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-        """The select ``build`` gives, compiled on first use (see :meth:`_compiled`)."""
-        return self._stmt(f"raw-select-{name}", lambda: self._compiled(build()))
-
-    def _compiled(self, query: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-        """``query`` as the driver's SQL, the order of its positional parameters (SQLite;
-        empty for PostgreSQL's named ones) and the values bound in it."""
-        compiled = query.compile(dialect=self.engine.dialect)
-        names = tuple(compiled.positiontup or ()) if self.is_sqlite else ()
-        return compiled.string, names, dict(compiled.params)
-
-    def _among(self, column: Any, name: str = "ids") -> Any:
-        """``column`` is one of the values bound as ``name`` (give them by ``_listed``):
-        one fixed statement for any number of values, so it is compiled once."""
-        if self.is_sqlite:
-            listed: Any = select(literal_column("value"))
-            listed = listed.select_from(func.json_each(bindparam(name)))
-            return column.in_(listed.scalar_subquery())
-        return column == any_(bindparam(name, type_=ARRAY(String)))
-
-    def _listed(self, values: Collection[str]) -> Any:
-        """``values`` as ``_among`` binds them (sorted: rows lock in one order)."""
-        ordered = sorted(values)
-        return dumps_text(ordered) if self.is_sqlite else ordered
+        self._json_decode: Callable[[Any], Any] = decode_json if self.is_sqlite else _as_is
 
     def _raw_job_row(self, row: Sequence[Any]) -> Any:
         """A raw job row (``_job_columns`` order) read like a SQLAlchemy row."""
@@ -308,138 +218,6 @@ class SQLStorage(Storage):
         for name in ("steps", "metadata", "started_steps", "step_statuses"):
             values[name] = self._json_decode(values[name])
         return SimpleNamespace(**values)
-
-    def _visit_from_raw(self, row: Sequence[Any]) -> VisitRecord:
-        """A visit from a raw row of every visits column, in table order."""
-        decode = self._json_decode
-        (
-            id_,
-            job_id,
-            item_id,
-            step,
-            status,
-            _ready,
-            _concurrency,
-            position,
-            attempts,
-            retry_base,
-            token,
-            next_attempt_at,
-            lease_owner,
-            lease_expires_at,
-            input_,
-            output,
-            error,
-            reason,
-            substeps,
-            progress,
-            created_at,
-            updated_at,
-            started_at,
-            finished_at,
-        ) = row
-        return VisitRecord(
-            id_,
-            job_id,
-            item_id,
-            step,
-            ItemStatus(status),
-            created_at,
-            updated_at,
-            position=position,
-            attempts=attempts,
-            retry_base=retry_base,
-            token=token,
-            next_attempt_at=next_attempt_at,
-            lease_owner=lease_owner,
-            lease_expires_at=lease_expires_at,
-            input=decode(input_),
-            output=decode(output),
-            error=decode(error),
-            reason=reason,
-            substeps=decode(substeps) or {},
-            progress=decode(progress),
-            started_at=started_at,
-            finished_at=finished_at,
-        )
-
-    def _run_raw(
-        self,
-        conn: Connection,
-        sql: str,
-        table: Any,
-        names: Sequence[str],
-        rows: Sequence[Mapping[str, Any]],
-    ) -> None:
-        """Run ``sql`` once per row with the row's values for ``names``, in that order;
-        JSON columns encoded here, as the driver takes them. Every row has every name."""
-        take, json_at = self._stmt(
-            f"raw-params-{table.name}-{','.join(names)}",
-            lambda: (
-                itemgetter(*names),
-                tuple(i for i, n in enumerate(names) if isinstance(table.c[n].type, JSON)),
-            ),
-        )
-        encode = self._encode_json
-        params: list[tuple[Any, ...]] = []
-        for row in rows:
-            values = list(take(row))
-            for i in json_at:
-                values[i] = encode(values[i])
-            params.append(tuple(values))
-        conn.exec_driver_sql(sql, params)
-
-    def _marker(self) -> str:
-        """The driver's parameter placeholder."""
-        return "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-
-    def _raw_insert(self, table: Any, names: Sequence[str]) -> str:
-        """``INSERT INTO <table> (<names>) VALUES (...)`` for the driver, quoted."""
-        preparer = self.engine.dialect.identifier_preparer
-        return (
-            f"INSERT INTO {preparer.format_table(table)} "
-            f"({', '.join(preparer.quote(name) for name in names)}) "
-            f"VALUES ({', '.join(self._marker() for _ in names)})"
-        )
-
-    def _raw_update(self, table: Any, names: Sequence[str]) -> str:
-        """``UPDATE <table> SET <names> WHERE id = ?`` for the driver, quoted."""
-        preparer = self.engine.dialect.identifier_preparer
-        marker = self._marker()
-        assignments = ", ".join(f"{preparer.quote(name)} = {marker}" for name in names)
-        return (
-            f"UPDATE {preparer.format_table(table)} SET {assignments} "
-            f"WHERE {preparer.quote('id')} = {marker}"
-        )
-
-    def _raw_add(self, table: Any) -> str:
-        """``INSERT ... ON CONFLICT (<key>) DO UPDATE SET n = n + excluded.n``: add to a
-        counter row, creating it at the first count (the same SQL on both databases)."""
-        preparer = self.engine.dialect.identifier_preparer
-        names = self._columns(table)
-        key = ", ".join(preparer.quote(c.name) for c in table.primary_key.columns)
-        n = preparer.quote("n")
-        return (
-            self._raw_insert(table, names)
-            + f" ON CONFLICT ({key}) DO UPDATE SET {n} = {preparer.format_table(table)}.{n}"
-            f" + excluded.{n}"
-        )
-
-    def _encode_json(self, value: Any) -> Any:
-        if value is None:
-            return None  # SQL NULL, as the JSON columns store it (``none_as_null``)
-        return self._json_parameter(value)
-
-    def _stmt(self, name: str, build: Callable[[], T]) -> T:
-        """The statement called ``name``, built on first use and reused after.
-
-        Building a SQLAlchemy statement costs several times what running it does; a
-        statement with bound (and, for lists, expanding) parameters is built once.
-        """
-        found = self._statements.get(name)
-        if found is None:
-            found = self._statements[name] = build()
-        return found
 
     def __repr__(self) -> str:
         return f"SQLStorage({redact_url(self.url)!r})"
@@ -479,7 +257,7 @@ class SQLStorage(Storage):
         json_codec = {"json_serializer": dumps_text, "json_deserializer": loads}
         if not self.is_sqlite:
             pg = create_engine(self.url, pool_size=self._threads, max_overflow=2, **json_codec)
-            _ping_when_idle(pg)
+            ping_when_idle(pg)
             return pg
         engine = create_engine(self.url, pool_size=self._threads, max_overflow=2, **json_codec)
         busy_timeout = self._busy_timeout
@@ -691,7 +469,7 @@ class SQLStorage(Storage):
             return {}
         return dict(self._raw_select(conn, *self._versions_read(job_ids)))
 
-    def _versions_read(self, job_ids: Collection[str]) -> _Read:
+    def _versions_read(self, job_ids: Collection[str]) -> Read:
         j = self.tables.jobs
 
         def build() -> Any:
@@ -747,7 +525,7 @@ class SQLStorage(Storage):
             return {}
         return self._visits_of(self._raw_select(conn, *self._visits_read(ids, lock)))
 
-    def _visits_read(self, ids: Collection[str], lock: bool) -> _Read:
+    def _visits_read(self, ids: Collection[str], lock: bool) -> Read:
         v = self.tables.visits
         lock = lock and not self.is_sqlite
 
@@ -977,31 +755,6 @@ class SQLStorage(Storage):
         with self._pipelined(conn):
             self._write_rows(conn, batch)
 
-    @contextmanager
-    def _pipelined(self, conn: Connection) -> Iterator[None]:
-        """On PostgreSQL, send the statements run inside without waiting for each reply
-        (psycopg's pipeline mode): a batch's writes cost one round trip, not one each.
-        A statement the server refused raises here, as SQLAlchemy raises it elsewhere."""
-        if self.is_sqlite:
-            yield
-            return
-        raw = conn.connection.driver_connection
-        dialect = conn.dialect
-        dbapi_error = dialect.loaded_dbapi.Error
-        try:
-            with raw.pipeline():  # type: ignore[union-attr]
-                yield
-        except dbapi_error as exc:
-            invalidated = dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
-            raise DBAPIError.instance(
-                "(pipelined writes)",
-                None,
-                exc,
-                dbapi_error,
-                connection_invalidated=invalidated,
-                dialect=dialect,
-            ) from exc
-
     def _write_rows(self, conn: Connection, batch: CommitBatch) -> None:
         t = self.tables
         created_jobs = batch.new_jobs()
@@ -1136,7 +889,7 @@ class SQLStorage(Storage):
         """
         return self._due(self._raw_selects(conn, self._candidate_reads(limit, now)), limit)
 
-    def _candidate_reads(self, limit: int, now: float) -> list[_Read]:
+    def _candidate_reads(self, limit: int, now: float) -> list[Read]:
         """The two candidate reads (due retries, then available visits), each for up to
         ``limit`` rows; :meth:`_due` keeps the first ``limit`` of both."""
         params = {"now": now, "limit": limit}
@@ -1187,11 +940,11 @@ class SQLStorage(Storage):
             queries = [q.with_for_update(skip_locked=True, of=v) for q in queries]
         return queries[0], queries[1]
 
-    def _claim_reads(self, claimed: Sequence[VisitRecord]) -> list[_Read]:
+    def _claim_reads(self, claimed: Sequence[VisitRecord]) -> list[Read]:
         """The reads that complete claims: the items, and their outputs so far."""
         t = self.tables
         item_ids = {vis.item_id for vis in claimed}
-        items_read: _Read = (
+        items_read: Read = (
             "items",
             lambda: select(t.items).where(self._among(t.items.c.id)),
             {"ids": self._listed(item_ids)},
@@ -1227,7 +980,7 @@ class SQLStorage(Storage):
             return {}
         return self._outputs_of(self._raw_select(conn, *self._outputs_read(item_ids)), item_ids)
 
-    def _outputs_read(self, item_ids: Collection[str]) -> _Read:
+    def _outputs_read(self, item_ids: Collection[str]) -> Read:
         v = self.tables.visits
         return (
             "outputs",
@@ -1453,12 +1206,12 @@ class SQLStorage(Storage):
     ) -> ActionReads:
         t = self.tables
         j, a, i, v = t.jobs, t.actions, t.items, t.visits
-        job_read: _Read = (
+        job_read: Read = (
             "job",
             lambda: select(*self._job_columns()).where(j.c.id == bindparam("job")),
             {"job": job_id},
         )
-        action_read: _Read = (
+        action_read: Read = (
             "action",
             lambda: select(a.c.result).where(
                 a.c.job_id == bindparam("job"), a.c.action_id == bindparam("action")
@@ -1466,7 +1219,7 @@ class SQLStorage(Storage):
             {"job": job_id, "action": action_id},
         )
         listed = self._listed(item_ids)
-        visits_read: _Read = (
+        visits_read: Read = (
             "visits-at-step",
             lambda: select(v).where(
                 v.c.job_id == bindparam("job"),
@@ -1475,7 +1228,7 @@ class SQLStorage(Storage):
             ),
             {"job": job_id, "step": step, "ids": listed},
         )
-        items_read: _Read = (
+        items_read: Read = (
             "job-items",
             lambda: select(i).where(i.c.job_id == bindparam("job"), self._among(i.c.id)),
             {"job": job_id, "ids": listed},
@@ -1598,39 +1351,8 @@ class SQLStorage(Storage):
         return SQLLimiter(self, clock or self.clock or SystemClock(), **options)
 
 
-def _ping_when_idle(engine: Engine) -> None:
-    """Check a pooled PostgreSQL connection before use only when it sat idle for
-    ``_PING_AFTER_IDLE`` seconds: a busy process saves a round trip per transaction,
-    and a dead connection found by the check is replaced before anything runs on it
-    (one found later fails that transaction: reads run again, writes are offered
-    again by the engine)."""
-
-    @event.listens_for(engine, "checkout")
-    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        if time.monotonic() - record.info.get("stepflow_returned", -math.inf) < _PING_AFTER_IDLE:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except Exception as exc:  # any failure at all: the pool opens a new connection
-            raise DisconnectionError(f"connection check failed: {type(exc).__name__}") from exc
-
-    @event.listens_for(engine, "checkin")
-    def _checkin(_dbapi_connection: Any, record: Any) -> None:
-        record.info["stepflow_returned"] = time.monotonic()
-
-
 def _as_is(value: Any) -> Any:
     return value
-
-
-def _decoded(value: Any) -> Any:
-    return None if value is None else loads(value)
-
-
-def _jsonb() -> Callable[[Any], Any]:
-    from psycopg.types.json import Jsonb
-
-    return lambda value: Jsonb(value, dumps_text)
 
 
 def _normalise_url(url: str) -> str:

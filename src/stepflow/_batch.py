@@ -273,6 +273,28 @@ class CommitBatch:
             claimed.extend(self.visits[v.id] for v in visits)
         return claimed
 
+    def queued_behind(self) -> dict[tuple[str, str], int]:
+        """Per ``(job, step)`` where this batch freed processing slots and visits still
+        wait ``available``: how many of them may be claimed there now.
+
+        A storage that drops full steps from its candidate read (read before the batch's
+        results are applied) asks for these separately, so results that free a step
+        hand its slots on in the same transaction.
+        """
+        behind: dict[tuple[str, str], int] = {}
+        for (job_id, step, status), delta in self.count_deltas.items():
+            if status is not ItemStatus.PROCESSING or delta >= 0:
+                continue
+            state = self.jobs.get(job_id)
+            if state is None or state.job.status not in _ACTIVE or not state.ready(step):
+                continue
+            counts = state.counts.get(step, Counter())
+            room = state.infos[step].concurrency - counts[ItemStatus.PROCESSING]
+            waiting = counts[ItemStatus.AVAILABLE]
+            if room > 0 and waiting > 0:
+                behind[(job_id, step)] = min(room, waiting)
+        return behind
+
     def written(self) -> None:
         """What the batch holds is written: forget it, keep the jobs' state, so a next
         part (of a creation too large to hold at once) can be applied and written."""

@@ -314,6 +314,22 @@ class StorageContract:
         assert await storage.claim("owner-2", 10, 30.0) == []
         assert (await storage.progress(job.id)).counts["a"][I.PROCESSING] == 2
 
+    async def test_results_that_free_a_full_step_claim_its_waiting_visits(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """An exchange whose results free slots at a full step claims the visits waiting
+        there in the same call, within the step's concurrency."""
+        job = await self._new_job(storage, clock, n=5, concurrency=2)
+        _, first = await storage.exchange([], "owner", 10, 30.0)
+        assert len(first) == 2
+        failed = [_result(c, I.FAILED, {"lease_owner": None, "finished_at": 1.0}) for c in first]
+        results, second = await storage.exchange(failed, "owner", 10, 30.0)
+        assert not [r for r in results if isinstance(r, Exception)]
+        assert len(second) == 2
+        assert {c.visit.id for c in second}.isdisjoint(c.visit.id for c in first)
+        counts = (await storage.progress(job.id)).counts["a"]
+        assert (counts[I.PROCESSING], counts[I.AVAILABLE], counts[I.FAILED]) == (2, 1, 2)
+
     async def test_a_paused_job_is_not_claimed(self, storage: Storage, clock: FakeClock) -> None:
         """Only pending and in-progress jobs give work to claim."""
         job = await self._new_job(storage, clock, n=1)

@@ -722,7 +722,18 @@ class SQLStorage(DriverStatements, Storage):
         for job in self._jobs_by_key(conn, [k for k in keys if k is not None]):
             batch.add_keyed_job(job)
         results: list[CommitResult | Exception] = list(batch.apply_each(changes))
-        claimed = batch.claim([v.id for v in candidates], owner, limit, now + lease_seconds)
+        expires = now + lease_seconds
+        claimed = batch.claim([v.id for v in candidates], owner, limit, expires)
+        if len(claimed) < limit and changes:
+            # The candidate read skipped steps that were full before these results
+            # freed them: claim what waits there now, in this same transaction.
+            behind = batch.queued_behind()
+            if behind:
+                waiting = self._queued(conn, behind, claimed)
+                for visit in waiting:
+                    batch.add_visit(visit)
+                ids = [v.id for v in waiting]
+                claimed += batch.claim(ids, owner, limit - len(claimed), expires)
         if not claimed:
             self._write_batch(conn, batch)
             return results, []
@@ -939,6 +950,40 @@ class SQLStorage(DriverStatements, Storage):
         if not self.is_sqlite:
             queries = [q.with_for_update(skip_locked=True, of=v) for q in queries]
         return queries[0], queries[1]
+
+    def _queued(
+        self,
+        conn: Connection,
+        behind: Mapping[tuple[str, str], int],
+        claimed: Sequence[VisitRecord],
+    ) -> list[VisitRecord]:
+        """The first visits waiting ``available`` at each ``(job, step)`` of ``behind``
+        (as many as it says, past those this batch already claimed there), locked,
+        skipping locked ones; sent together."""
+        t = self.tables
+        v = t.visits
+
+        def build() -> Any:
+            query = (
+                select(v)
+                .where(
+                    v.c.job_id == bindparam("job_id"),
+                    v.c.step == bindparam("step"),
+                    v.c.status == ItemStatus.AVAILABLE.value,
+                    v.c.ready,
+                )
+                .order_by(v.c.position)
+                .limit(bindparam("limit"))
+            )
+            return query if self.is_sqlite else query.with_for_update(skip_locked=True)
+
+        taken = Counter((vis.job_id, vis.step) for vis in claimed)
+        reads: list[Read] = [
+            ("queued", build, {"job_id": job_id, "step": step, "limit": n + taken[job_id, step]})
+            for (job_id, step), n in sorted(behind.items())
+        ]
+        read = self._visit_from_raw
+        return [read(row) for rows in self._raw_selects(conn, reads) for row in rows]
 
     def _claim_reads(self, claimed: Sequence[VisitRecord]) -> list[Read]:
         """The reads that complete claims: the items, and their outputs so far."""

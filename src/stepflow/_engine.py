@@ -50,13 +50,16 @@ from ._records import (
     VisitRecord,
 )
 from ._retry import retry_delay
-from ._states import SUBSTEP_DONE, ItemStatus, SubStepStatus
+from ._states import SUBSTEP_DONE, ItemStatus, SubStepStatus, is_settled
 from .ports import Clock, EventBroker, Executor, Limiter, Storage
 
 __all__ = ["Engine"]
 
 log = logging.getLogger("stepflow.engine")
 U = SubStepStatus
+
+#: Jobs whose last committed state this engine remembers for waiters (oldest go first).
+_VIEWS_KEPT = 10_000
 
 
 class _Abandoned(Exception):
@@ -128,6 +131,9 @@ class Engine:
         self._failures = 0  #: storage writes failed in a row (the database is away)
         self._dispatching = False  #: the dispatcher runs and takes changes
         self.claiming = True  #: ``False``: a writer only (:meth:`run_writer`)
+        #: Per job, the newest ``(seq, settled)`` this engine committed: a waiter woken
+        #: by this process's own write learns from it whether to read the job at all.
+        self._views: dict[str, tuple[int, bool]] = {}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -208,7 +214,8 @@ class Engine:
             for claim in claims:
                 self._busy += 1
                 handoff.put(claim)
-                self._publish(claim.job.id, claim.job.seq)
+                # A claimed item is processing: its step is busy, so the job is not settled.
+                self._publish(claim.job.id, claim.job.seq, settled=False)
             self._settle(writes, results)
             self._check_idle()
             if writes or claims:
@@ -247,7 +254,8 @@ class Engine:
             elif isinstance(result, Exception):
                 log.error("result of job %s refused: %r", write.change.job_id, result)
             if isinstance(result, CommitResult):
-                self._publish(result.job_id, result.seq)
+                settled = is_settled(result.job_status, result.step_statuses)
+                self._publish(result.job_id, result.seq, settled=settled)
 
     async def _flush_at_exit(self) -> None:
         """Write what workers handed back before stopping (nothing new is claimed)."""
@@ -393,8 +401,21 @@ class Engine:
             if running.claim.job.id == job_id:
                 self._cancel(key)
 
-    def _publish(self, job_id: str, seq: int) -> None:
+    def _publish(self, job_id: str, seq: int, *, settled: bool) -> None:
+        """Remember what this write left of the job, then tell the broker (in this order:
+        a waiter the broker wakes finds the view already there)."""
+        views = self._views
+        known = views.get(job_id)
+        if known is None or seq > known[0]:
+            views[job_id] = (seq, settled)
+            if len(views) > _VIEWS_KEPT:
+                del views[next(iter(views))]
         self.broker.publish_job(job_id, seq)
+
+    def job_view(self, job_id: str) -> tuple[int, bool] | None:
+        """The newest ``(seq, settled)`` of ``job_id`` this engine committed, if it
+        remembers one: exactly the job's state at that ``seq``, whoever moved it since."""
+        return self._views.get(job_id)
 
     # -- one claim ------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from ._planning import arrive, new_item
 from ._ratelimit import CallPermits, RateLimiter, ReleasingExecutor
 from ._records import ChangeSet, EventDraft, JobRecord, StepInfo
 from ._snapshot import build_snapshot, job_view
-from ._states import JOB_TERMINAL, ItemStatus, JobStatus, StepStatus
+from ._states import JOB_TERMINAL, ItemStatus, JobStatus, is_settled
 from .brokers import default_broker
 from .executors.inprocess import InProcessExecutor
 from .ports import Clock, EventBroker, Executor, JobProgress, Limiter, Storage
@@ -755,24 +755,24 @@ class Orchestrator:
 
         Returns the snapshot at that moment; raises ``TimeoutError`` after ``timeout``.
         """
-        busy = (StepStatus.IN_PROGRESS, StepStatus.RETRYING)
-
-        def settled(job: JobRecord, statuses: Mapping[str, StepStatus]) -> bool:
-            return job.status in (*JOB_TERMINAL, JobStatus.PAUSED) or not any(
-                status in busy for status in statuses.values()
-            )
-
         with anyio.fail_after(timeout):
-            # The first look reads everything (a job already settled answers at once);
-            # after that, poll the job's row alone and read the rest once it looks done.
+            # The first look reads everything (a job already settled answers at once).
+            # After that, a wake-up by this process's own write that left the job busy
+            # reads nothing (the engine's view says so, for exactly that seq); any other
+            # reads the job's row alone, and the rest once the job looks done.
             progress: JobProgress | None = await self.storage.progress(job_id)
             seq = 0
             while True:
                 if progress is not None:
-                    if settled(progress.job, progress.step_statuses):
+                    if is_settled(progress.job.status, progress.step_statuses):
                         return build_snapshot(progress, self._pipeline_for(progress.job))
                     seq = progress.job.seq
-                await self.broker.wait_job(job_id, seq, timeout=1.0)
+                woken = await self.broker.wait_job(job_id, seq, timeout=1.0)
+                view = self.engine.job_view(job_id) if woken else None
+                if view is not None and view[0] > seq and not view[1]:
+                    seq, progress = view[0], None
+                    continue
                 job, statuses = await self.storage.step_statuses(job_id)
                 seq = job.seq
-                progress = await self.storage.progress(job_id) if settled(job, statuses) else None
+                settled = is_settled(job.status, statuses)
+                progress = await self.storage.progress(job_id) if settled else None

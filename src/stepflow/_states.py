@@ -22,6 +22,7 @@ __all__ = [
     "ITEM_TRANSITIONS",
     "JOB_TERMINAL",
     "JOB_TRANSITIONS",
+    "STEP_BUSY",
     "STEP_OPEN",
     "STEP_TRANSITIONS",
     "SUBSTEP_DONE",
@@ -34,6 +35,7 @@ __all__ = [
     "derive_job_status",
     "derive_step_status",
     "has_open",
+    "is_settled",
 ]
 
 
@@ -215,6 +217,18 @@ def has_open(counts: Mapping[ItemStatus, int]) -> bool:
 #: set exactly when :func:`has_open` holds for its counts (see :func:`derive_step_status`),
 #: so a step whose counts did not change keeps its "open" answer without a count scan.
 STEP_OPEN: frozenset[StepStatus] = frozenset({S.IN_PROGRESS, S.RETRYING, S.ACTION_REQUIRED})
+
+
+#: Step statuses in which the engine still has work to do (``Orchestrator.wait`` waits).
+STEP_BUSY: frozenset[StepStatus] = frozenset({S.IN_PROGRESS, S.RETRYING})
+
+
+def is_settled(job: JobStatus, steps: Mapping[str, StepStatus]) -> bool:
+    """Whether nothing runs for a job: it is final or paused, or no step is busy (what is
+    left waits only for people)."""
+    if job in JOB_TERMINAL or job is J.PAUSED:
+        return True
+    return not any(status in STEP_BUSY for status in steps.values())
 
 
 def derive_job_status(

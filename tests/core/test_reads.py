@@ -132,3 +132,40 @@ def test_sync_facade_runs_the_same_verbs_without_await() -> None:
         types = [e.type for e in orch.watch(job.id)]
     assert final.job.status is JobStatus.COMPLETED
     assert types[0] == "job.created" and len(types) == final.version
+
+
+async def test_wait_woken_by_its_own_busy_writes_reads_only_once_settled() -> None:
+    """A waiter woken by this process's writes that leave the job busy reads nothing;
+    it reads the job's row once, when a write settles it."""
+    gate, waiting = anyio.Event(), anyio.Event()
+
+    async def held(ctx: Any) -> None:
+        await gate.wait()
+
+    p = pipeline(auto("a", "held"), auto("b", "ok"), auto("c", "ok"), auto("d", "ok"))
+    async with running(p, registry=handlers(held=held, ok=ok)) as orch:
+        job = await orch.create_job("p", items(2))
+        reads: list[str] = []
+        read_statuses, wait_job = orch.storage.step_statuses, orch.broker.wait_job
+
+        async def counted_read(job_id: str) -> Any:
+            reads.append(job_id)
+            return await read_statuses(job_id)
+
+        async def noted_wait(job_id: str, after: int, timeout: float | None) -> bool:
+            waiting.set()
+            return await wait_job(job_id, after, timeout)
+
+        orch.storage.step_statuses = counted_read  # type: ignore[method-assign]
+        orch.broker.wait_job = noted_wait  # type: ignore[method-assign]
+        snaps: list[Any] = []
+        async with anyio.create_task_group() as tg:
+
+            async def waiter() -> None:
+                snaps.append(await orch.wait(job.id, timeout=5))
+
+            tg.start_soon(waiter)
+            await waiting.wait()
+            gate.set()
+    assert snaps[0].job.status is JobStatus.COMPLETED
+    assert reads == [job.id]

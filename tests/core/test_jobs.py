@@ -128,6 +128,28 @@ async def test_cancel_stops_running_handlers_and_leaves_nothing_processing() -> 
     assert [a.action for a in snap.actions] == []
 
 
+async def test_a_worker_whose_claim_was_cancelled_runs_the_next_claims() -> None:
+    """With one worker, cancelling the job it is running leaves that worker free to run
+    another job's items to completion, none of them cancelled."""
+    started = anyio.Event()
+
+    async def forever(ctx: Any) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    stuck = pipeline(auto("a", "forever"), name="stuck")
+    async with running(
+        stuck, THREE, registry=handlers(forever=forever, ok=ok), max_concurrency=1
+    ) as orch:
+        first = await orch.create_job("stuck", items(1))
+        await started.wait()
+        await orch.cancel_job(first.id)
+        second = await orch.create_job("p", items(3))
+        snap = await orch.wait(second.id, timeout=5)
+    assert snap.job.status is JobStatus.COMPLETED
+    assert [step.counts for step in snap.steps] == [{ItemStatus.PASSED: 3}] * 3
+
+
 async def test_cancelled_job_refuses_further_actions() -> None:
     """Acting on a cancelled job raises Conflict and writes nothing."""
     async with running(THREE, registry=handlers(ok=ok)) as orch:

@@ -518,6 +518,37 @@ class SQLStorage(DriverStatements, Storage):
             counts[job_id].setdefault(step, Counter())[ItemStatus(status)] = n
         return counts
 
+    def _load_stale(
+        self, conn: Connection, job_ids: Collection[str]
+    ) -> tuple[list[Any], dict[str, dict[str, Counter[ItemStatus]]]]:
+        """The rows and counters of jobs (already locked) that another writer moved,
+        read together: one round trip on PostgreSQL."""
+        counts: dict[str, dict[str, Counter[ItemStatus]]] = {k: {} for k in job_ids}
+        if not job_ids:
+            return [], counts
+        j, c = self.tables.jobs, self.tables.counts
+        listed = self._listed(job_ids)
+        reads: list[Read] = [
+            (
+                "stale-jobs",
+                lambda: select(*self._job_columns()).where(self._among(j.c.id)).order_by(j.c.id),
+                {"ids": listed},
+            ),
+            (
+                "stale-counts",
+                lambda: select(c.c.job_id, c.c.step, c.c.status, c.c.n).where(
+                    self._among(c.c.job_id)
+                ),
+                {"ids": listed},
+            ),
+        ]
+        job_rows, count_rows = self._raw_selects(conn, reads)
+        rows = [self._raw_job_row(row) for row in job_rows]
+        self._definitions_for(conn, rows)
+        for job_id, step, status, n in count_rows:
+            counts[job_id].setdefault(step, Counter())[ItemStatus(status)] = n
+        return rows, counts
+
     def _load_visits(
         self, conn: Connection, ids: Collection[str], lock: bool = False
     ) -> dict[str, VisitRecord]:
@@ -566,8 +597,7 @@ class SQLStorage(DriverStatements, Storage):
             versions = {**read.versions, **self._job_versions(conn, job_ids - read.asked)}
         kept = {job_id: self._cached(job_id, seq) for job_id, seq in versions.items()}
         stale = [job_id for job_id, state in kept.items() if state is None]
-        rows = self._load_jobs(conn, stale)
-        counts = self._load_counts(conn, stale)
+        rows, counts = self._load_stale(conn, stale)
         for row in rows:
             batch.add_job(
                 self._job_from_row(row),

@@ -52,6 +52,9 @@ class BatchJob:
     changed: bool = False
     new: bool = False  #: created by this batch: its row is inserted, not updated
     infos: dict[str, StepInfo] = field(default_factory=dict)
+    #: Steps whose counter this batch may change in place; any other is shared with a
+    #: kept state and copied on its first change (most steps of a job never change).
+    owned: set[str] = field(default_factory=set)
 
     def ready(self, step: str) -> bool:
         """Whether visits at ``step`` may be claimed (the step runs work and is started)."""
@@ -84,7 +87,11 @@ class CommitBatch:
         counts: dict[str, Counter[ItemStatus]],
         statuses: dict[str, StepStatus],
         started: frozenset[str],
+        *,
+        shared: bool = False,
     ) -> None:
+        """A stored job's state. ``shared``: the counters in ``counts`` belong to a kept
+        state too, so they are copied before this batch changes them."""
         self.jobs[job.id] = BatchJob(
             job,
             counts,
@@ -92,6 +99,7 @@ class CommitBatch:
             started,
             started_before=started,
             infos={info.key: info for info in job.steps},
+            owned=set() if shared else set(counts),
         )
 
     def add_visit(self, visit: VisitRecord) -> None:
@@ -131,9 +139,15 @@ class CommitBatch:
         for visit_id, visit in plan.visits.items():
             self.visits[visit_id] = visit
             self.touched[visit_id] = None
+        counts = state.counts
         for (step, status), delta in plan.count_deltas.items():
             if delta:
-                state.counts.setdefault(step, Counter())[status] += delta
+                if step not in state.owned:
+                    mine: Counter[ItemStatus] = Counter()
+                    dict.update(mine, counts.get(step, {}))
+                    counts[step] = mine
+                    state.owned.add(step)
+                counts[step][status] += delta
                 self.count_deltas[(job.id, step, status)] += delta
         for (step, key, sub_status), delta in plan.substep_deltas.items():
             if delta:
@@ -223,17 +237,23 @@ class CommitBatch:
     def claim(
         self, candidates: Iterable[str], owner: str, limit: int, expires: float
     ) -> list[VisitRecord]:
-        """Claim up to ``limit`` due visits: ``candidates`` (stored ids, in order), then
-        visits this batch made available. Checks job status, readiness and each step's
-        concurrency against the state as this batch left it."""
+        """Claim up to ``limit`` due visits: the due retries among ``candidates`` (stored
+        ids, in order), then the visits this batch made available, then the rest of
+        ``candidates``. Checks job status, readiness and each step's concurrency against
+        the state as this batch left it.
+
+        Work already under way goes first (depth first): an item that just finished a
+        step is claimed at the next one before a waiting item starts, so jobs finish
+        sooner, and its new visit is written once, already claimed, instead of being
+        inserted now and updated by the next transaction.
+        """
         if limit <= 0:
             return []
-        pool = list(candidates)
-        pool.extend(
-            visit_id
-            for visit_id in self.touched
-            if self.visits[visit_id].status is ItemStatus.AVAILABLE
-        )
+        known = self.visits
+        stored = list(candidates)
+        pool = [v for v in stored if known[v].status is ItemStatus.RETRYING]
+        pool.extend(v for v in self.touched if known[v].status is ItemStatus.AVAILABLE)
+        pool.extend(v for v in stored if known[v].status is not ItemStatus.RETRYING)
         picked: dict[str, list[VisitRecord]] = {}
         taking: Counter[tuple[str, str]] = Counter()
         seen: set[str] = set()

@@ -320,7 +320,10 @@ class Pipeline(_Data):
 
     def index(self, key: str) -> int:
         try:
-            return self._index[key]
+            # Read past pydantic's private-attribute lookup (a method call per read, 25x
+            # a dict lookup): every transition asks for a step's index.
+            index: dict[str, int] = self.__pydantic_private__["_index"]  # type: ignore[index]
+            return index[key]
         except KeyError:
             from ._errors import NotFound
 

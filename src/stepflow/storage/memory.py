@@ -86,6 +86,8 @@ class MemoryStorage(Storage):
         self._ready: dict[tuple[str, str], deque[str]] = {}
         self._retry_heap: list[tuple[float, str]] = []
         self._processing: set[str] = set()
+        #: During an exchange: visits its changes made available, claimed first.
+        self._fresh: list[str] | None = None
 
     # -- writes -------------------------------------------------------------------
 
@@ -191,6 +193,8 @@ class MemoryStorage(Storage):
             self._processing.discard(visit.id)
         if changed and visit.status is ItemStatus.AVAILABLE:
             self._ready.setdefault((visit.job_id, visit.step), deque()).append(visit.id)
+            if self._fresh is not None:
+                self._fresh.append(visit.id)
         elif (
             visit.status is ItemStatus.RETRYING
             and visit.next_attempt_at is not None
@@ -200,7 +204,19 @@ class MemoryStorage(Storage):
 
     # -- claiming and leases ----------------------------------------------------------
 
+    async def exchange(
+        self, changes: Sequence[ChangeSet], owner: str, limit: int, lease_seconds: float
+    ) -> tuple[list[CommitResult | Exception], list[Claim]]:
+        """As every storage: commit each change, then claim; work the changes made
+        available (items moving on) is claimed before work that was already waiting."""
+        self._fresh = []
+        try:
+            return await super().exchange(changes, owner, limit, lease_seconds)
+        finally:
+            self._fresh = None
+
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
+        fresh, self._fresh = self._fresh or [], None
         now = self.clock.now()
         while self._retry_heap and self._retry_heap[0][0] <= now:
             due, visit_id = heapq.heappop(self._retry_heap)
@@ -208,7 +224,27 @@ class MemoryStorage(Storage):
             if visit.status is ItemStatus.RETRYING and visit.next_attempt_at == due:
                 self._ready.setdefault((visit.job_id, visit.step), deque()).appendleft(visit_id)
         picked: dict[str, list[VisitRecord]] = {}
+        taking: Counter[tuple[str, str]] = Counter()
         taken = 0
+        # The visits this exchange made available first, then the queues in order.
+        for visit_id in fresh:
+            if taken >= limit:
+                break
+            visit = self._visits[visit_id]
+            job = self._jobs[visit.job_id]
+            if visit.status is not ItemStatus.AVAILABLE or job.status not in _ACTIVE:
+                continue
+            info = job.steps[job.step_index(visit.step)]
+            if not info.runs_work or not (job.auto_process or visit.step in self._started[job.id]):
+                continue
+            key = (job.id, visit.step)
+            running = self._counts[job.id][visit.step][ItemStatus.PROCESSING] + taking[key]
+            if running >= info.concurrency:
+                continue
+            taking[key] += 1
+            picked.setdefault(job.id, []).append(visit)
+            taken += 1
+        chosen = {v.id for visits in picked.values() for v in visits}
         for key in list(self._ready):
             if taken >= limit:
                 break
@@ -222,8 +258,11 @@ class MemoryStorage(Storage):
                 continue
             queue = self._ready[key]
             room = info.concurrency - self._counts[job_id][step][ItemStatus.PROCESSING]
+            room -= taking[key]
             while queue and room > 0 and taken < limit:
                 visit = self._visits[queue.popleft()]
+                if visit.id in chosen:
+                    continue
                 if visit.status not in _CLAIMABLE or (
                     visit.status is ItemStatus.RETRYING and (visit.next_attempt_at or 0) > now
                 ):

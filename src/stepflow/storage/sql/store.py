@@ -146,13 +146,6 @@ def _visit_values(visit: VisitRecord) -> dict[str, Any]:
     return values
 
 
-def _counter(counts: Mapping[ItemStatus, int]) -> Counter[ItemStatus]:
-    """A copy of ``counts`` as a Counter, without Counter's slow per-call checks."""
-    copy: Counter[ItemStatus] = Counter()
-    dict.update(copy, counts)
-    return copy
-
-
 @dataclasses.dataclass(slots=True)
 class _FirstReads:
     """What an exchange read first, in one go: due visits, job versions, named visits."""
@@ -609,9 +602,10 @@ class SQLStorage(DriverStatements, Storage):
             if state is not None:
                 batch.add_job(
                     copy_job(state.job),
-                    {step: _counter(n) for step, n in state.counts.items()},
+                    dict(state.counts),
                     dict(state.statuses),
                     state.started,
+                    shared=True,
                 )
         for visit in visits:
             batch.add_visit(visit)

@@ -739,7 +739,11 @@ class SQLStorage(DriverStatements, Storage):
         lease_seconds: float,
     ) -> tuple[list[CommitResult | Exception], list[Claim]]:
         now = self._db_now(conn)
-        read = self._first_reads(conn, changes, limit, now)
+        # Visits the changes make available are claimed first (depth first), so read
+        # only as many waiting ones as those will not fill; any shortfall (a step not
+        # started, or full) is made up by the next exchange.
+        arriving = sum(1 for c in changes for v in c.new_visits if v.status is ItemStatus.AVAILABLE)
+        read = self._first_reads(conn, changes, max(0, limit - arriving), now)
         candidates = read.candidates
         batch = self._batch(conn, now, {v.job_id for v in candidates}, changes, candidates, read)
         keys = [c.create.idempotency_key for c in changes if c.create is not None]

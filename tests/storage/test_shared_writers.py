@@ -162,8 +162,8 @@ async def test_a_read_on_a_connection_that_died_runs_again(
                 ]
             url = storage.engine.url.set(drivername="postgresql")
             with psycopg.connect(url.render_as_string(hide_password=False)) as killer:
-                for pid in pids:  # both pooled connections die while idle in the pool
-                    killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                for pid in pids:  # both die while idle in the pool (waits until gone)
+                    killer.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
             assert (await storage.get_job(job.id)).id == job.id
         finally:
             await storage.aclose()

@@ -157,31 +157,38 @@ def plan_commit(
     plan = CommitPlan(visits={}, started=started | frozenset(change.started_steps))
     plan.events.extend(change.events)  # the action (or creation) first, then its effects
     for vc in change.visits:
-        current = plan.visits.get(vc.visit_id) or before.get(vc.visit_id)
+        own = plan.visits.get(vc.visit_id)  # already copied by this plan: change in place
+        current = own or before.get(vc.visit_id)
         if current is None:
             raise NotFound("visit", vc.visit_id)
-        if current.status is not vc.expect:
-            raise StaleWrite(f"visit {vc.visit_id} is {current.status}, expected {vc.expect}")
+        status, old_substeps = current.status, current.substeps
+        if status is not vc.expect:
+            raise StaleWrite(f"visit {vc.visit_id} is {status}, expected {vc.expect}")
         if vc.token is not None and current.token != vc.token:
             raise LeaseLost(f"visit {vc.visit_id} was claimed again (token {current.token})")
-        after = copy_visit(current, vc.fields)
+        if own is None:
+            after = copy_visit(current, vc.fields)
+        else:
+            after = own
+            for name, value in vc.fields.items():
+                setattr(after, name, value)
         after.updated_at = now
         if vc.substeps:
-            after.substeps = dict(current.substeps)
+            after.substeps = dict(old_substeps)
             for key, state in vc.substeps.items():
-                _substep_change(plan, after, current.substeps.get(key), key, state)
+                _substep_change(plan, after, old_substeps.get(key), key, state)
                 after.substeps[key] = state
-        if vc.status is not None and vc.status is not current.status:
-            check_transition("item", current.status, vc.status)
+        if vc.status is not None and vc.status is not status:
+            check_transition("item", status, vc.status)
             after.status = vc.status
-            plan.count_deltas[(current.step, current.status)] -= 1
-            plan.count_deltas[(current.step, vc.status)] += 1
-            data: dict[str, object] = {"from": current.status.value, "to": vc.status.value}
+            plan.count_deltas[(after.step, status)] -= 1
+            plan.count_deltas[(after.step, vc.status)] += 1
+            data: dict[str, object] = {"from": status.value, "to": vc.status.value}
             if after.attempts:
                 data["attempt"] = after.attempts
             if vc.reason:
                 data["reason"] = vc.reason
-            plan.events.append(EventDraft("item.status", current.step, current.item_id, data))
+            plan.events.append(EventDraft("item.status", after.step, after.item_id, data))
         plan.visits[vc.visit_id] = after
     positions: dict[str, int] = {}
     for offset, item in enumerate(change.new_items, start=1):

@@ -214,9 +214,10 @@ class Storage(ABC):
         (the database went away) is raised: then nothing is known to be written, and
         the caller may offer the same changes again — their guards make that safe.
 
-        What the changes made available (an item moving on to its next step) is
-        claimed before visits that were already waiting, so work under way finishes
-        first (the SQL storage takes due retries before both).
+        The shipped storages claim what the changes made available (an item moving on
+        to its next step) before visits that were already waiting, so work under way
+        finishes first (the SQL storage takes due retries before both); any order that
+        keeps the claiming rules is correct.
 
         A change with ``create`` set creates that job as :meth:`create_job` would (an
         existing idempotency key answers with the existing job and ``created=False``);

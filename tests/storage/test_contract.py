@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from stepflow._planning import visit_id
+from stepflow._records import VisitChange, VisitRecord
+from stepflow._states import ItemStatus as I
 from stepflow.ports import Clock, Storage
-from stepflow.testing.contract import StorageContract
+from stepflow.testing.clock import FakeClock
+from stepflow.testing.contract import StorageContract, _result
 
 from ..backends import selected_backends, storage_factory
 
@@ -22,3 +26,22 @@ class TestShippedStorages(StorageContract):
     ) -> Iterator[Callable[[Clock], Storage]]:
         with storage_factory(request.param, tmp_path, request) as factory:
             yield factory
+
+    async def test_work_under_way_is_claimed_before_waiting_work(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """When an exchange cannot claim everything due, a visit its own results made
+        available (an item moving on) goes before visits that were already waiting."""
+        job = await self._new_job(storage, clock, n=3, concurrency=5)
+        _, [first] = await storage.exchange([], "owner", 1, 30.0)
+        now = clock.now()
+        moved = _result(first, I.PROCESSED, {"lease_owner": None, "finished_at": now})
+        moved.visits.append(VisitChange(first.visit.id, expect=I.PROCESSED, status=I.PASSED))
+        moved.new_visits.append(
+            VisitRecord(
+                visit_id(first.item.id, "b"), job.id, first.item.id, "b", I.AVAILABLE, now, now
+            )
+        )
+        results, [second] = await storage.exchange([moved], "owner", 1, 30.0)
+        assert not [r for r in results if isinstance(r, Exception)]
+        assert (second.visit.item_id, second.visit.step) == (first.item.id, "b")

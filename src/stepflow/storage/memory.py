@@ -244,6 +244,8 @@ class MemoryStorage(Storage):
             taking[key] += 1
             picked.setdefault(job.id, []).append(visit)
             taken += 1
+        # A visit claimed from ``fresh`` stays in its queue; a claimed visit may come
+        # back there (rescued, retrying) before that entry is popped: take each once.
         chosen = {v.id for visits in picked.values() for v in visits}
         for key in list(self._ready):
             if taken >= limit:
@@ -267,6 +269,7 @@ class MemoryStorage(Storage):
                     visit.status is ItemStatus.RETRYING and (visit.next_attempt_at or 0) > now
                 ):
                     continue
+                chosen.add(visit.id)
                 picked.setdefault(job_id, []).append(visit)
                 room -= 1
                 taken += 1

@@ -330,25 +330,6 @@ class StorageContract:
         counts = (await storage.progress(job.id)).counts["a"]
         assert (counts[I.PROCESSING], counts[I.AVAILABLE], counts[I.FAILED]) == (2, 1, 2)
 
-    async def test_work_under_way_is_claimed_before_waiting_work(
-        self, storage: Storage, clock: FakeClock
-    ) -> None:
-        """When an exchange cannot claim everything due, a visit its own results made
-        available (an item moving on) goes before visits that were already waiting."""
-        job = await self._new_job(storage, clock, n=3, concurrency=5)
-        _, [first] = await storage.exchange([], "owner", 1, 30.0)
-        now = clock.now()
-        moved = _result(first, I.PROCESSED, {"lease_owner": None, "finished_at": now})
-        moved.visits.append(VisitChange(first.visit.id, expect=I.PROCESSED, status=I.PASSED))
-        moved.new_visits.append(
-            VisitRecord(
-                visit_id(first.item.id, "b"), job.id, first.item.id, "b", I.AVAILABLE, now, now
-            )
-        )
-        results, [second] = await storage.exchange([moved], "owner", 1, 30.0)
-        assert not [r for r in results if isinstance(r, Exception)]
-        assert (second.visit.item_id, second.visit.step) == (first.item.id, "b")
-
     async def test_a_paused_job_is_not_claimed(self, storage: Storage, clock: FakeClock) -> None:
         """Only pending and in-progress jobs give work to claim."""
         job = await self._new_job(storage, clock, n=1)

@@ -45,3 +45,25 @@ class TestShippedStorages(StorageContract):
         results, [second] = await storage.exchange([moved], "owner", 1, 30.0)
         assert not [r for r in results if isinstance(r, Exception)]
         assert (second.visit.item_id, second.visit.step) == (first.item.id, "b")
+
+    async def test_an_arrival_claimed_then_rescued_is_claimed_once_again(
+        self, storage: Storage, clock: FakeClock
+    ) -> None:
+        """A visit claimed as its exchange's own arrival, whose lease then expires, is
+        claimed exactly once when its retry comes due, however it was queued before."""
+        job = await self._new_job(storage, clock, n=1, concurrency=5)
+        _, [first] = await storage.exchange([], "owner", 1, 30.0)
+        now = clock.now()
+        moved = _result(first, I.PROCESSED, {"lease_owner": None, "finished_at": now})
+        moved.visits.append(VisitChange(first.visit.id, expect=I.PROCESSED, status=I.PASSED))
+        moved.new_visits.append(
+            VisitRecord(
+                visit_id(first.item.id, "b"), job.id, first.item.id, "b", I.AVAILABLE, now, now
+            )
+        )
+        _, [arrival] = await storage.exchange([moved], "owner", 1, 30.0)
+        clock.advance(31)  # the lease expires; the rescue makes it due again at once
+        assert await storage.rescue_expired(lambda job, visit: 0.0) == 1
+        results, claims = await storage.exchange([], "owner", 5, 30.0)
+        assert results == []
+        assert [(c.visit.id, c.visit.token) for c in claims] == [(arrival.visit.id, 2)]

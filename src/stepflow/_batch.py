@@ -11,7 +11,9 @@ that the storage writes with a few bulk statements, so a batch of fifty results 
 about what one did. Nothing is acknowledged before that transaction is durable: the
 results are handed back only after the storage commits. A change may create its job
 (``ChangeSet.create``): the job starts empty in the batch, its row is inserted whole,
-and its first visits can be claimed in the same transaction.
+and its first visits can be claimed in the same transaction. Claims go depth first:
+what the batch's own changes made available is claimed before visits that were waiting,
+so a moving item's next visit is written once, already claimed.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ two ``await`` points, so a commit is atomic within the event loop without a lock
 a commit *means* comes from :func:`stepflow._commit.plan_commit`, exactly as for SQL
 backends; this module only keeps the rows, the counters and two claim indexes (a queue
 of available visits per job and step, and a heap of retry times) so that claiming and
-snapshots never scan all items.
+snapshots never scan all items. An exchange claims what its own changes made available
+first (depth first, as the SQL storage does), then the queues in order.
 """
 
 from __future__ import annotations

@@ -3,17 +3,16 @@
 Design decision: a fixed pool of long-lived worker tasks pulls claims from one
 dispatcher through a hand-off queue, instead of a task spawned per item; each worker
 runs its claims inside one cancel scope, renewed only after a claim is cancelled. The
-dispatcher
-is also the engine's only writer: workers hand it what their work did (a change set), as
-do a person's actions and job creations in this process, and it applies everything that
-finished while its previous write was in flight, and claims work for the workers that
-freed, in ONE storage exchange — group commit, so the database's commit rate is not the
-ceiling, and nothing is acknowledged before it is durable. It sleeps on the event broker
-(or until the next retry is due) when there is nothing to write or claim, and rides out
-a storage outage by backing off and offering the same changes again (their guards make a
-repeat harmless). It remembers what each write left of a job (its version and whether
-it settled), so a waiter woken by this process's own write need not read the job.
-Everything a result does to the state is built by
+dispatcher is also the engine's only writer: workers hand it what their work did (a
+change set), as do a person's actions and job creations in this process, and it applies
+everything that finished while its previous write was in flight, and claims work for
+the workers that freed, in ONE storage exchange — group commit, so the database's commit
+rate is not the ceiling, and nothing is acknowledged before it is durable. It sleeps on
+the event broker (or until the next retry is due) when there is nothing to write or
+claim, and rides out a storage outage by backing off and offering the same changes again
+(their guards make a repeat harmless). It remembers what each write left of a job (its
+version and whether it settled), so a waiter woken by this process's own write need not
+read the job. Everything a result does to the state is built by
 :mod:`stepflow._planning`; a result whose lease was lost (fencing token) or whose job
 was cancelled is refused by its guard, never half-applied.
 """

@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from ._definitions import Pipeline, Step
 from ._models import AvailableAction, Job, PhaseView, Snapshot, StepView, SubStepView
 from ._records import JobRecord
-from ._states import ITEM_OPEN, JOB_TERMINAL, ItemStatus, JobStatus, StepStatus, SubStepStatus
+from ._states import (
+    ITEM_OPEN,
+    JOB_TERMINAL,
+    STEP_BUSY,
+    ItemStatus,
+    JobStatus,
+    StepStatus,
+    SubStepStatus,
+)
 from .ports import JobProgress
 
 __all__ = ["build_snapshot", "job_view", "phase_status"]
@@ -147,7 +155,7 @@ def build_snapshot(progress: JobProgress, pipeline: Pipeline) -> Snapshot:
         poll: float | None = None
     elif status in (JobStatus.DRAFT, JobStatus.PAUSED):
         poll = POLL_WHILE_IDLE
-    elif any(s.status in (StepStatus.IN_PROGRESS, StepStatus.RETRYING) for s in steps):
+    elif any(s.status in STEP_BUSY for s in steps):
         poll = POLL_WHILE_RUNNING
     else:
         poll = POLL_WHILE_WAITING

@@ -8,13 +8,24 @@ from pathlib import Path
 import pytest
 
 from stepflow._planning import visit_id
-from stepflow._records import VisitChange, VisitRecord
+from stepflow._records import ChangeSet, Claim, VisitChange, VisitRecord
 from stepflow._states import ItemStatus as I
 from stepflow.ports import Clock, Storage
 from stepflow.testing.clock import FakeClock
 from stepflow.testing.contract import StorageContract, _result
 
 from ..backends import selected_backends, storage_factory
+
+
+def _moved_on(claim: Claim, now: float) -> ChangeSet:
+    """The result that passes ``claim``'s item on from step ``a`` to arrive at ``b``."""
+    moved = _result(claim, I.PROCESSED, {"lease_owner": None, "finished_at": now})
+    moved.visits.append(VisitChange(claim.visit.id, expect=I.PROCESSED, status=I.PASSED))
+    item = claim.item
+    moved.new_visits.append(
+        VisitRecord(visit_id(item.id, "b"), item.job_id, item.id, "b", I.AVAILABLE, now, now)
+    )
+    return moved
 
 
 class TestShippedStorages(StorageContract):
@@ -32,16 +43,9 @@ class TestShippedStorages(StorageContract):
     ) -> None:
         """When an exchange cannot claim everything due, a visit its own results made
         available (an item moving on) goes before visits that were already waiting."""
-        job = await self._new_job(storage, clock, n=3, concurrency=5)
+        await self._new_job(storage, clock, n=3, concurrency=5)
         _, [first] = await storage.exchange([], "owner", 1, 30.0)
-        now = clock.now()
-        moved = _result(first, I.PROCESSED, {"lease_owner": None, "finished_at": now})
-        moved.visits.append(VisitChange(first.visit.id, expect=I.PROCESSED, status=I.PASSED))
-        moved.new_visits.append(
-            VisitRecord(
-                visit_id(first.item.id, "b"), job.id, first.item.id, "b", I.AVAILABLE, now, now
-            )
-        )
+        moved = _moved_on(first, clock.now())
         results, [second] = await storage.exchange([moved], "owner", 1, 30.0)
         assert not [r for r in results if isinstance(r, Exception)]
         assert (second.visit.item_id, second.visit.step) == (first.item.id, "b")
@@ -51,16 +55,9 @@ class TestShippedStorages(StorageContract):
     ) -> None:
         """A visit claimed as its exchange's own arrival, whose lease then expires, is
         claimed exactly once when its retry comes due, however it was queued before."""
-        job = await self._new_job(storage, clock, n=1, concurrency=5)
+        await self._new_job(storage, clock, n=1, concurrency=5)
         _, [first] = await storage.exchange([], "owner", 1, 30.0)
-        now = clock.now()
-        moved = _result(first, I.PROCESSED, {"lease_owner": None, "finished_at": now})
-        moved.visits.append(VisitChange(first.visit.id, expect=I.PROCESSED, status=I.PASSED))
-        moved.new_visits.append(
-            VisitRecord(
-                visit_id(first.item.id, "b"), job.id, first.item.id, "b", I.AVAILABLE, now, now
-            )
-        )
+        moved = _moved_on(first, clock.now())
         _, [arrival] = await storage.exchange([moved], "owner", 1, 30.0)
         clock.advance(31)  # the lease expires; the rescue makes it due again at once
         assert await storage.rescue_expired(lambda job, visit: 0.0) == 1

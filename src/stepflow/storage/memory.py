@@ -226,54 +226,36 @@ class MemoryStorage(Storage):
                 self._ready.setdefault((visit.job_id, visit.step), deque()).appendleft(visit_id)
         picked: dict[str, list[VisitRecord]] = {}
         taking: Counter[tuple[str, str]] = Counter()
-        taken = 0
+        # A visit claimed from ``fresh`` stays in its queue, and a claimed visit may come
+        # back there (rescued, retrying) before that entry is popped: take each once.
+        chosen: set[str] = set()
+
+        def take(visit: VisitRecord) -> None:
+            chosen.add(visit.id)
+            taking[(visit.job_id, visit.step)] += 1
+            picked.setdefault(visit.job_id, []).append(visit)
+
         # The visits this exchange made available first, then the queues in order.
         for visit_id in fresh:
-            if taken >= limit:
+            if len(chosen) >= limit:
                 break
             visit = self._visits[visit_id]
-            job = self._jobs[visit.job_id]
-            if visit.status is not ItemStatus.AVAILABLE or job.status not in _ACTIVE:
-                continue
-            info = job.steps[job.step_index(visit.step)]
-            if not info.runs_work or not (job.auto_process or visit.step in self._started[job.id]):
-                continue
-            key = (job.id, visit.step)
-            running = self._counts[job.id][visit.step][ItemStatus.PROCESSING] + taking[key]
-            if running >= info.concurrency:
-                continue
-            taking[key] += 1
-            picked.setdefault(job.id, []).append(visit)
-            taken += 1
-        # A visit claimed from ``fresh`` stays in its queue; a claimed visit may come
-        # back there (rescued, retrying) before that entry is popped: take each once.
-        chosen = {v.id for visits in picked.values() for v in visits}
+            key = (visit.job_id, visit.step)
+            if visit.status is ItemStatus.AVAILABLE and self._room(*key) > taking[key]:
+                take(visit)
         for key in list(self._ready):
-            if taken >= limit:
+            if len(chosen) >= limit:
                 break
-            job_id, step = key
-            job = self._jobs[job_id]
-            if job.status not in _ACTIVE:
-                continue
-            index = job.step_index(step)
-            info = job.steps[index]
-            if not info.runs_work or not (job.auto_process or step in self._started[job_id]):
-                continue
             queue = self._ready[key]
-            room = info.concurrency - self._counts[job_id][step][ItemStatus.PROCESSING]
-            room -= taking[key]
-            while queue and room > 0 and taken < limit:
+            room = self._room(*key) - taking[key]
+            while queue and room > 0 and len(chosen) < limit:
                 visit = self._visits[queue.popleft()]
-                if visit.id in chosen:
+                if visit.id in chosen or visit.status not in _CLAIMABLE:
                     continue
-                if visit.status not in _CLAIMABLE or (
-                    visit.status is ItemStatus.RETRYING and (visit.next_attempt_at or 0) > now
-                ):
+                if visit.status is ItemStatus.RETRYING and (visit.next_attempt_at or 0) > now:
                     continue
-                chosen.add(visit.id)
-                picked.setdefault(job_id, []).append(visit)
+                take(visit)
                 room -= 1
-                taken += 1
             if not queue:
                 del self._ready[key]
         claims: list[Claim] = []
@@ -290,6 +272,17 @@ class MemoryStorage(Storage):
                 outputs = self._outputs(claimed.item_id)
                 claims.append(Claim(job, items[claimed.item_id], claimed, outputs))
         return claims
+
+    def _room(self, job_id: str, step: str) -> int:
+        """How many more visits may be claimed at ``step`` of ``job_id`` now: none unless
+        the job is active and the step runs work and is started."""
+        job = self._jobs[job_id]
+        if job.status not in _ACTIVE:
+            return 0
+        info = job.steps[job.step_index(step)]
+        if not info.runs_work or not (job.auto_process or step in self._started[job_id]):
+            return 0
+        return info.concurrency - self._counts[job_id][step][ItemStatus.PROCESSING]
 
     async def renew(
         self, owner: str, held: Sequence[tuple[str, int]], lease_seconds: float

@@ -434,27 +434,25 @@ class SQLStorage(DriverStatements, Storage):
         for digest, definition in found:
             self._definition_cache[digest] = definition
 
-    def _load_jobs(
-        self, conn: Connection, job_ids: Collection[str], lock: bool = False
-    ) -> list[Any]:
-        """Job rows (without the definition), locked in id order on PostgreSQL."""
-        if not job_ids:
-            return []
+    def _jobs_read(self, job_ids: Collection[str]) -> Read:
+        """Job rows (without the definition), in id order."""
         j = self.tables.jobs
-        lock = lock and not self.is_sqlite
+        return (
+            "jobs",
+            lambda: select(*self._job_columns()).where(self._among(j.c.id)).order_by(j.c.id),
+            {"ids": self._listed(job_ids)},
+        )
 
-        def build() -> Any:
-            query = (
-                select(*self._job_columns())
-                .where(j.c.id.in_(bindparam("ids", expanding=True)))
-                .order_by(j.c.id)
-            )
-            return query.with_for_update() if lock else query
-
-        query = self._stmt(f"jobs-lock={lock}", build)
-        rows = list(conn.execute(query, {"ids": sorted(job_ids)}))
+    def _jobs_of(self, conn: Connection, raw_rows: Sequence[Any]) -> list[Any]:
+        """The rows of :meth:`_jobs_read`, read like SQLAlchemy rows, definitions cached."""
+        rows = [self._raw_job_row(row) for row in raw_rows]
         self._definitions_for(conn, rows)
         return rows
+
+    def _load_jobs(self, conn: Connection, job_ids: Collection[str]) -> list[Any]:
+        if not job_ids:
+            return []
+        return self._jobs_of(conn, self._raw_select(conn, *self._jobs_read(job_ids)))
 
     def _job_versions(self, conn: Connection, job_ids: Collection[str]) -> dict[str, int]:
         """Each existing job's ``seq``, its row locked (id order) on PostgreSQL."""
@@ -493,54 +491,42 @@ class SQLStorage(DriverStatements, Storage):
             raise NotFound("job", job_id)
         return self._job_from_row(rows[0]), rows[0]
 
-    def _load_counts(
-        self, conn: Connection, job_ids: Collection[str]
-    ) -> dict[str, dict[str, Counter[ItemStatus]]]:
+    def _counts_read(self, job_ids: Collection[str]) -> Read:
         c = self.tables.counts
-        counts: dict[str, dict[str, Counter[ItemStatus]]] = {k: {} for k in job_ids}
-        if not job_ids:
-            return counts
-        query = self._stmt(
+        return (
             "counts",
-            lambda: select(c.c.job_id, c.c.step, c.c.status, c.c.n).where(
-                c.c.job_id.in_(bindparam("ids", expanding=True))
-            ),
+            lambda: select(c.c.job_id, c.c.step, c.c.status, c.c.n).where(self._among(c.c.job_id)),
+            {"ids": self._listed(job_ids)},
         )
-        rows = conn.execute(query, {"ids": sorted(job_ids)})
+
+    @staticmethod
+    def _counts_of(
+        rows: Sequence[Any], job_ids: Collection[str]
+    ) -> dict[str, dict[str, Counter[ItemStatus]]]:
+        """Each job's counters by step, from the rows of :meth:`_counts_read`."""
+        counts: dict[str, dict[str, Counter[ItemStatus]]] = {k: {} for k in job_ids}
         for job_id, step, status, n in rows:
             counts[job_id].setdefault(step, Counter())[ItemStatus(status)] = n
         return counts
+
+    def _load_counts(
+        self, conn: Connection, job_ids: Collection[str]
+    ) -> dict[str, dict[str, Counter[ItemStatus]]]:
+        if not job_ids:
+            return {}
+        return self._counts_of(self._raw_select(conn, *self._counts_read(job_ids)), job_ids)
 
     def _load_stale(
         self, conn: Connection, job_ids: Collection[str]
     ) -> tuple[list[Any], dict[str, dict[str, Counter[ItemStatus]]]]:
         """The rows and counters of jobs (already locked) that another writer moved,
         read together: one round trip on PostgreSQL."""
-        counts: dict[str, dict[str, Counter[ItemStatus]]] = {k: {} for k in job_ids}
         if not job_ids:
-            return [], counts
-        j, c = self.tables.jobs, self.tables.counts
-        listed = self._listed(job_ids)
-        reads: list[Read] = [
-            (
-                "stale-jobs",
-                lambda: select(*self._job_columns()).where(self._among(j.c.id)).order_by(j.c.id),
-                {"ids": listed},
-            ),
-            (
-                "stale-counts",
-                lambda: select(c.c.job_id, c.c.step, c.c.status, c.c.n).where(
-                    self._among(c.c.job_id)
-                ),
-                {"ids": listed},
-            ),
-        ]
-        job_rows, count_rows = self._raw_selects(conn, reads)
-        rows = [self._raw_job_row(row) for row in job_rows]
-        self._definitions_for(conn, rows)
-        for job_id, step, status, n in count_rows:
-            counts[job_id].setdefault(step, Counter())[ItemStatus(status)] = n
-        return rows, counts
+            return [], {}
+        job_rows, count_rows = self._raw_selects(
+            conn, [self._jobs_read(job_ids), self._counts_read(job_ids)]
+        )
+        return self._jobs_of(conn, job_rows), self._counts_of(count_rows, job_ids)
 
     def _load_visits(
         self, conn: Connection, ids: Collection[str], lock: bool = False

@@ -757,20 +757,24 @@ class Orchestrator:
         """
         with anyio.fail_after(timeout):
             # The first look reads everything (a job already settled answers at once).
-            # After that, a wake-up by this process's own write that left the job busy
-            # reads nothing (the engine's view says so, for exactly that seq); any other
-            # reads the job's row alone, and the rest once the job looks done.
+            # After that, a wake-up by this process's own write reads nothing when that
+            # write left the job busy, and everything at once when it settled it (the
+            # engine's view says which, for exactly that seq); any other wake-up reads
+            # the job's row alone, and the rest once the job looks done.
             progress: JobProgress | None = await self.storage.progress(job_id)
             seq = 0
             while True:
                 if progress is not None:
                     if is_settled(progress.job.status, progress.step_statuses):
                         return build_snapshot(progress, self._pipeline_for(progress.job))
-                    seq = progress.job.seq
+                    seq = progress.job.seq  # moved on since: wait for what comes next
                 woken = await self.broker.wait_job(job_id, seq, timeout=1.0)
                 view = self.engine.job_view(job_id) if woken else None
-                if view is not None and view[0] > seq and not view[1]:
-                    seq, progress = view[0], None
+                if view is not None and view[0] > seq:
+                    if view[1]:
+                        progress = await self.storage.progress(job_id)
+                    else:
+                        seq, progress = view[0], None
                     continue
                 job, statuses = await self.storage.step_statuses(job_id)
                 seq = job.seq

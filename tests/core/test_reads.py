@@ -134,9 +134,9 @@ def test_sync_facade_runs_the_same_verbs_without_await() -> None:
     assert types[0] == "job.created" and len(types) == final.version
 
 
-async def test_wait_woken_by_its_own_busy_writes_reads_only_once_settled() -> None:
-    """A waiter woken by this process's writes that leave the job busy reads nothing;
-    it reads the job's row once, when a write settles it."""
+async def test_wait_woken_by_its_own_writes_reads_only_what_settles_the_job() -> None:
+    """A waiter woken by this process's writes reads nothing while they leave the job
+    busy, and reads the job whole once, when one of them settles it."""
     gate, waiting = anyio.Event(), anyio.Event()
 
     async def held(ctx: Any) -> None:
@@ -146,17 +146,23 @@ async def test_wait_woken_by_its_own_busy_writes_reads_only_once_settled() -> No
     async with running(p, registry=handlers(held=held, ok=ok)) as orch:
         job = await orch.create_job("p", items(2))
         reads: list[str] = []
-        read_statuses, wait_job = orch.storage.step_statuses, orch.broker.wait_job
+        read_statuses, read_progress = orch.storage.step_statuses, orch.storage.progress
+        wait_job = orch.broker.wait_job
 
-        async def counted_read(job_id: str) -> Any:
-            reads.append(job_id)
+        async def counted_statuses(job_id: str) -> Any:
+            reads.append("statuses")
             return await read_statuses(job_id)
+
+        async def counted_progress(job_id: str) -> Any:
+            reads.append("progress")
+            return await read_progress(job_id)
 
         async def noted_wait(job_id: str, after: int, timeout: float | None) -> bool:
             waiting.set()
             return await wait_job(job_id, after, timeout)
 
-        orch.storage.step_statuses = counted_read  # type: ignore[method-assign]
+        orch.storage.step_statuses = counted_statuses  # type: ignore[method-assign]
+        orch.storage.progress = counted_progress  # type: ignore[method-assign]
         orch.broker.wait_job = noted_wait  # type: ignore[method-assign]
         snaps: list[Any] = []
         async with anyio.create_task_group() as tg:
@@ -168,4 +174,4 @@ async def test_wait_woken_by_its_own_busy_writes_reads_only_once_settled() -> No
             await waiting.wait()
             gate.set()
     assert snaps[0].job.status is JobStatus.COMPLETED
-    assert reads == [job.id]
+    assert reads == ["progress", "progress"]  # the first look, then the settled job

@@ -1187,26 +1187,43 @@ class SQLStorage(DriverStatements, Storage):
         return await self._read(op)
 
     async def progress(self, job_id: str) -> JobProgress:
-        s = self.tables.substep_counts
-
         def op(conn: Connection) -> JobProgress:
-            job, row = self._load_job(conn, job_id)
-            counts = (self._load_counts(conn, [job_id]))[job_id]
+            # The row, the counters and the sub-step counters: one round trip.
+            job_rows, count_rows, substep_rows = self._raw_selects(
+                conn,
+                [
+                    self._jobs_read([job_id]),
+                    self._counts_read([job_id]),
+                    self._substep_counts_read([job_id]),
+                ],
+            )
+            rows = self._jobs_of(conn, job_rows)
+            if not rows:
+                raise NotFound("job", job_id)
+            row = rows[0]
+            counts = self._counts_of(count_rows, [job_id])[job_id]
             subs: dict[str, dict[str, dict[SubStepStatus, int]]] = {}
-            for step, key, status, n in conn.execute(
-                select(s.c.step, s.c.substep, s.c.status, s.c.n).where(s.c.job_id == job_id)
-            ):
+            for step, key, status, n in substep_rows:
                 subs.setdefault(step, {}).setdefault(key, {})[SubStepStatus(status)] = n
-            statuses = {k: StepStatus(v) for k, v in row.step_statuses.items()}
             return JobProgress(
-                job,
+                self._job_from_row(row),
                 {k: dict(c) for k, c in counts.items()},
                 subs,
-                statuses,
+                {k: StepStatus(v) for k, v in row.step_statuses.items()},
                 frozenset(row.started_steps),
             )
 
         return await self._read(op)
+
+    def _substep_counts_read(self, job_ids: Collection[str]) -> Read:
+        s = self.tables.substep_counts
+        return (
+            "substep-counts",
+            lambda: select(s.c.step, s.c.substep, s.c.status, s.c.n).where(
+                self._among(s.c.job_id)
+            ),
+            {"ids": self._listed(job_ids)},
+        )
 
     def _action(self, conn: Connection, job_id: str, action_id: str) -> dict[str, Any] | None:
         a = self.tables.actions

@@ -1219,9 +1219,7 @@ class SQLStorage(DriverStatements, Storage):
         s = self.tables.substep_counts
         return (
             "substep-counts",
-            lambda: select(s.c.step, s.c.substep, s.c.status, s.c.n).where(
-                self._among(s.c.job_id)
-            ),
+            lambda: select(s.c.step, s.c.substep, s.c.status, s.c.n).where(self._among(s.c.job_id)),
             {"ids": self._listed(job_ids)},
         )
 

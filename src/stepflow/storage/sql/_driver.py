@@ -90,6 +90,9 @@ class DriverStatements:
         sql, names, defaults = self._compiled_select(name, build)
         values = {**defaults, **params}
         args: Any = tuple(values[n] for n in names) if names else values
+        if self.is_sqlite:
+            rows: Sequence[Any] = self._on_cursor(conn, sql, args, many=False).fetchall()
+            return rows
         return conn.exec_driver_sql(sql, args).fetchall()
 
     def _raw_selects(
@@ -220,7 +223,32 @@ class DriverStatements:
             for i in json_at:
                 values[i] = encode(values[i])
             params.append(tuple(values))
-        conn.exec_driver_sql(sql, params)
+        if self.is_sqlite:
+            self._on_cursor(conn, sql, params, many=True)
+        else:
+            conn.exec_driver_sql(sql, params)
+
+    @staticmethod
+    def _on_cursor(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
+        """Run ``sql`` on a cursor of sqlite3 itself, in ``conn``'s transaction.
+
+        SQLAlchemy's execution context (its events and the result metadata it builds
+        for every statement) costs more than a small SQLite statement does, and a group
+        commit runs a dozen of them. A driver error is raised as SQLAlchemy raises it
+        (``IntegrityError``, ``OperationalError``...), so callers cannot tell the paths
+        apart. (SQLite has no connection to lose; PostgreSQL keeps SQLAlchemy's path,
+        which also notices a dead connection.)
+        """
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if many:
+                cursor.executemany(sql, params)
+            else:
+                cursor.execute(sql, params)
+        except dbapi_error as exc:
+            raise DBAPIError.instance(sql, params, exc, dbapi_error, dialect=conn.dialect) from exc
+        return cursor
 
     def _marker(self) -> str:
         """The driver's parameter placeholder."""

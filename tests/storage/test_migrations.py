@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from stepflow import InvalidInput, StepflowError
 from stepflow._cli_db import db_app
-from stepflow.storage.sql import build_tables
+from stepflow.storage.sql import SQLStorage, build_tables
 from stepflow.storage.sql.migrate import (
     HEAD,
     MIGRATIONS_DIR,
@@ -159,6 +160,81 @@ def test_concurrent_upgrades(database: Database) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.select(table.c.version_num)).scalars().all() == [HEAD]
     engine.dispose()
+
+
+def test_upgrade_stores_each_definition_once_and_keeps_every_row(database: Database) -> None:
+    """Jobs stored by revision 0002 survive the upgrade whole: their items and events stay
+    (the table rebuild cascades into nothing), each definition lands once in the
+    definitions table, and the storage reads the jobs with their definitions."""
+    url, schema = database
+    upgrade(url, schema=schema, revision="0002")
+    engine = sa.create_engine(sync_url(url))
+    md = sa.MetaData(schema=schema)
+    jobs, items, events = (
+        sa.Table(f"stepflow_{name}", md, autoload_with=engine)
+        for name in ("jobs", "items", "events")
+    )
+    first, second = {"name": "p", "steps": [{"key": "a"}]}, {"name": "q", "steps": []}
+    owned = [("j1", "h1", first), ("j2", "h1", first), ("j3", "h2", second)]
+    with engine.begin() as conn:
+        for job_id, digest, definition in owned:
+            conn.execute(
+                jobs.insert().values(
+                    id=job_id,
+                    pipeline=definition["name"],
+                    version="1",
+                    definition_hash=digest,
+                    definition=definition,
+                    steps=[["a", True, 1]],
+                    status="in_progress",
+                    auto_process=True,
+                    metadata={},
+                    created_by="test",
+                    created_at=1.0,
+                    updated_at=1.0,
+                    seq=1,
+                    item_count=1,
+                    started_steps=[],
+                    step_statuses={"a": "in_progress"},
+                )
+            )
+            conn.execute(
+                items.insert().values(
+                    id=f"{job_id}-i", job_id=job_id, key="k", data={}, created_at=1.0, position=1
+                )
+            )
+            conn.execute(
+                events.insert().values(
+                    job_id=job_id, seq=1, type="job.created", at=1.0, actor="test", data={}
+                )
+            )
+    engine.dispose()
+    assert upgrade(url, schema=schema) == HEAD
+    engine = sa.create_engine(sync_url(url))
+    tables = build_tables(schema=schema)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(tables.definitions.c.hash, tables.definitions.c.definition)
+        ).all()
+        kept = [
+            conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
+            for t in (tables.jobs, tables.items, tables.events)
+        ]
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("stepflow_jobs", schema=schema)}
+    engine.dispose()
+    assert sorted(stored) == [("h1", first), ("h2", second)]
+    assert kept == [3, 3, 3]
+    assert "definition" not in columns
+
+    async def read() -> list[Any]:
+        storage = SQLStorage(url, schema=schema)
+        await storage.start()
+        try:
+            return [(await storage.get_job(job_id)).definition for job_id, _, _ in owned]
+        finally:
+            await storage.aclose()
+
+    assert anyio.run(read) == [first, first, second]
 
 
 def _stamp(url: str, schema: str | None, revision: str) -> None:

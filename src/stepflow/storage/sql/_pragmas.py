@@ -25,8 +25,11 @@ def _locked(exc: BaseException) -> bool:
     )
 
 
-def prepare_sqlite(dbapi_connection: Any, busy_timeout: float) -> None:
-    """Autocommit driver mode (stepflow issues BEGIN), busy timeout, WAL, FULL sync, FKs."""
+def prepare_sqlite(
+    dbapi_connection: Any, busy_timeout: float, *, foreign_keys: bool = True
+) -> None:
+    """Autocommit driver mode (stepflow issues BEGIN), busy timeout, WAL, FULL sync, and
+    foreign keys on (the migrator turns them off: see ``migrate``)."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
@@ -42,6 +45,6 @@ def prepare_sqlite(dbapi_connection: Any, busy_timeout: float) -> None:
                 with attempt:
                     cursor.execute("PRAGMA journal_mode=WAL").fetchall()
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     finally:
         cursor.close()

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: The newest revision this version of stepflow knows (and ``upgrade`` goes to).
-HEAD = "0002"
+HEAD = "0003"
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -152,8 +152,11 @@ def _engine(url: str, busy_timeout: float = 120.0) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # WAL from the first migration on; transactions are ours, DDL included.
-        prepare_sqlite(dbapi_connection, busy_timeout)
+        # WAL from the first migration on; transactions are ours, DDL included. Foreign
+        # keys off: SQLite changes a table by rebuilding it, and dropping the old one
+        # would otherwise cascade into every row that references it (a migration that
+        # rebuilds checks the keys afterwards).
+        prepare_sqlite(dbapi_connection, busy_timeout, foreign_keys=False)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:

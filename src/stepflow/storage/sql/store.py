@@ -415,24 +415,41 @@ class SQLStorage(DriverStatements, Storage):
     # -- loading ----------------------------------------------------------------------
 
     def _job_columns(self) -> list[Any]:
-        """Every job column but the definition, which is read once per hash and cached."""
-        j = self.tables.jobs
-        return [col for col in j.c if col.name != "definition"]
+        """Every job column (a job names its definition by hash; see ``_definitions_for``)."""
+        return list(self.tables.jobs.c)
 
     def _definitions_for(self, conn: Connection, rows: Sequence[Any]) -> None:
-        missing = {row.id: row.definition_hash for row in rows} if rows else {}
-        missing = {k: h for k, h in missing.items() if h not in self._definition_cache}
+        """Read the definitions of ``rows`` (job rows) this process has not seen yet."""
+        missing = {row.definition_hash for row in rows} - self._definition_cache.keys()
         if not missing:
             return
-        j = self.tables.jobs
-        wanted: dict[str, str] = {}
-        for job_id, digest in missing.items():
-            wanted.setdefault(digest, job_id)
-        found = conn.execute(
-            select(j.c.definition_hash, j.c.definition).where(j.c.id.in_(sorted(wanted.values())))
-        )
+        d = self.tables.definitions
+        found = conn.execute(select(d.c.hash, d.c.definition).where(d.c.hash.in_(sorted(missing))))
         for digest, definition in found:
             self._definition_cache[digest] = definition
+
+    def _store_definitions(self, conn: Connection, jobs: Sequence[JobRecord]) -> None:
+        """Store the definitions of new ``jobs``, each once (a stored one is kept)."""
+        rows = {
+            job.definition_hash: {
+                "hash": job.definition_hash,
+                "pipeline": job.pipeline,
+                "version": job.version,
+                "definition": job.definition,
+                "created_at": job.created_at,
+            }
+            for job in jobs
+        }
+        d = self.tables.definitions
+        names = self._columns(d)
+        key = self.engine.dialect.identifier_preparer.quote(d.c.hash.name)
+        sql = self._stmt(
+            "raw-insert-definitions",
+            lambda: self._raw_insert(d, names) + f" ON CONFLICT ({key}) DO NOTHING",
+        )
+        self._run_raw(conn, sql, d, names, [rows[k] for k in sorted(rows)])
+        for job in jobs:
+            self._definition_cache.setdefault(job.definition_hash, job.definition)
 
     def _jobs_read(self, job_ids: Collection[str]) -> Read:
         """Job rows (without the definition), in id order."""
@@ -784,9 +801,8 @@ class SQLStorage(DriverStatements, Storage):
         t = self.tables
         created_jobs = batch.new_jobs()
         if created_jobs:
+            self._store_definitions(conn, [state.job for state in created_jobs])
             self._insert_many(conn, t.jobs, [self._job_row(state) for state in created_jobs])
-            for state in created_jobs:
-                self._definition_cache.setdefault(state.job.definition_hash, state.job.definition)
         if batch.new_items:
             self._insert_many(
                 conn,
@@ -866,7 +882,6 @@ class SQLStorage(DriverStatements, Storage):
             "pipeline": job.pipeline,
             "version": job.version,
             "definition_hash": job.definition_hash,
-            "definition": job.definition,
             "steps": [[s.key, s.runs_work, s.concurrency] for s in job.steps],
             "status": job.status.value,
             "auto_process": job.auto_process,

@@ -51,6 +51,7 @@ def _check(name: str, value: str, allow_empty: bool = False) -> None:
 class Tables:
     metadata: MetaData
     jobs: Table
+    definitions: Table
     items: Table
     visits: Table
     counts: Table
@@ -78,7 +79,6 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("pipeline", String(128), nullable=False),
         Column("version", String(128), nullable=False),
         Column("definition_hash", String(64), nullable=False),
-        Column("definition", _JSON, nullable=False),
         Column("steps", _JSON, nullable=False),
         Column("status", String(16), nullable=False),
         Column("auto_process", Boolean, nullable=False),
@@ -94,6 +94,17 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("started_steps", _JSON, nullable=False),
         Column("step_statuses", _JSON, nullable=False),
         Index(f"{p}jobs_status", "status"),
+    )
+    # A pipeline definition is stored once, by its content hash: the jobs made from it
+    # name the hash, so a job's row stays small (a group commit rewrites it often).
+    definitions = Table(
+        f"{p}definitions",
+        md,
+        Column("hash", String(64), primary_key=True),
+        Column("pipeline", String(128), nullable=False),
+        Column("version", String(128), nullable=False),
+        Column("definition", _JSON, nullable=False),
+        Column("created_at", Float, nullable=False),
     )
     items = Table(
         f"{p}items",
@@ -197,6 +208,7 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
     return Tables(
         md,
         jobs,
+        definitions,
         items,
         visits,
         counts,

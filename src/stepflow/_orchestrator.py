@@ -34,6 +34,7 @@ from ._definitions import Pipeline
 from ._engine import Engine
 from ._errors import Conflict, DuplicateAction, InvalidInput, NotFound, PermissionDenied, StaleWrite
 from ._handlers import ErrorClassifier, Handlers
+from ._ids import new_id
 from ._jsonsafe import check_json
 from ._models import ActionRequest, ActionResult, Actor, Event, Item, ItemPage, Job, Snapshot
 from ._planning import arrive, new_item
@@ -272,7 +273,7 @@ class Orchestrator:
         )
         now = self.clock.now()
         job = JobRecord(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             pipeline=definition.name,
             version=definition.version,
             definition_hash=definition.content_hash,

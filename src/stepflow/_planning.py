@@ -9,12 +9,12 @@ passed by hand and an item that finished by itself move by the same rule.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from ._conditions import evaluate
 from ._definitions import Pipeline, Step
+from ._ids import new_id
 from ._records import ChangeSet, ItemRecord, VisitChange, VisitRecord
 from ._states import ItemStatus, SubStepStatus
 
@@ -40,7 +40,7 @@ def new_item(
     now: float,
     parent_id: str | None = None,
 ) -> ItemRecord:
-    return ItemRecord(uuid.uuid4().hex, job_id, key, data, now, position, parent_id)
+    return ItemRecord(new_id(), job_id, key, data, now, position, parent_id)
 
 
 def new_substep_state(status: SubStepStatus = SubStepStatus.PENDING) -> dict[str, Any]:

@@ -237,6 +237,20 @@ def test_upgrade_stores_each_definition_once_and_keeps_every_row(database: Datab
     assert anyio.run(read) == [first, first, second]
 
 
+def test_sqlite_keeps_counters_and_events_in_their_key(tmp_path: Path) -> None:
+    """On SQLite the counter and event tables are ``WITHOUT ROWID`` (one B-tree a row)
+    after an upgrade, and the jobs, items and visits tables keep their rowid."""
+    url = f"sqlite:///{tmp_path / 'keyed.db'}"
+    upgrade(url)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        query = "SELECT name, sql FROM sqlite_master WHERE type='table'"
+        sql: dict[str, str] = {row[0]: row[1] for row in conn.exec_driver_sql(query)}
+    engine.dispose()
+    keyed = {name for name, text in sql.items() if "WITHOUT ROWID" in text.upper()}
+    assert keyed == {"stepflow_counts", "stepflow_substep_counts", "stepflow_events"}
+
+
 def _stamp(url: str, schema: str | None, revision: str) -> None:
     engine = sa.create_engine(sync_url(url))
     table = sa.Table("stepflow_alembic_version", sa.MetaData(schema=schema), autoload_with=engine)

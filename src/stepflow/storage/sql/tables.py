@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -36,6 +37,12 @@ IDENTIFIER_PATTERN = r"^[a-z_][a-z0-9_]{0,40}$"
 # ``None`` is stored as SQL NULL, not as the JSON text ``null``: nothing to serialise or
 # parse for the many empty values on the hot path, and ``IS NULL`` means "no value".
 _JSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+#: Small rows found by their composite primary key (counters and events) are
+#: kept in the key's own B-tree on SQLite (``WITHOUT ROWID``): a write updates one tree
+#: instead of the table and its key index.
+_KEYED_ROWS: dict[str, Any] = {"sqlite_with_rowid": False}
 
 
 def _check(name: str, value: str, allow_empty: bool = False) -> None:
@@ -158,6 +165,7 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("step", String(128), primary_key=True),
         Column("status", String(16), primary_key=True),
         Column("n", Integer, nullable=False),
+        **_KEYED_ROWS,
     )
     substep_counts = Table(
         f"{p}substep_counts",
@@ -167,6 +175,7 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("substep", String(128), primary_key=True),
         Column("status", String(16), primary_key=True),
         Column("n", Integer, nullable=False),
+        **_KEYED_ROWS,
     )
     events = Table(
         f"{p}events",
@@ -179,6 +188,7 @@ def build_tables(prefix: str = "stepflow_", schema: str | None = None) -> Tables
         Column("step", String(128), nullable=True),
         Column("item_id", String(64), nullable=True),
         Column("data", _JSON, nullable=False),
+        **_KEYED_ROWS,
     )
     actions = Table(
         f"{p}actions",

@@ -3,6 +3,7 @@ table, one migrator at a time, and refuse a database from a newer stepflow."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from stepflow.storage.sql.migrate import (
     upgrade,
     version_table_name,
 )
+from stepflow.storage.sql.tables import VISIT_STATUS_INDEXES
 
 from ..backends import postgres_schema
 
@@ -249,6 +251,29 @@ def test_sqlite_keeps_counters_and_events_in_their_key(tmp_path: Path) -> None:
     engine.dispose()
     keyed = {name for name, text in sql.items() if "WITHOUT ROWID" in text.upper()}
     assert keyed == {"stepflow_counts", "stepflow_substep_counts", "stepflow_events"}
+
+
+def test_status_indexes_hold_only_their_status(database: Database) -> None:
+    """The claim, retry and lease indexes are partial, each over the one status its query
+    reads, as ``VISIT_STATUS_INDEXES`` declares (the queries name the status literally)."""
+    url, schema = database
+    upgrade(url, schema=schema)
+    engine = sa.create_engine(sync_url(url))
+    found: dict[str, str] = {}
+    with engine.connect() as conn:
+        for name, _columns, status in VISIT_STATUS_INDEXES:
+            if engine.dialect.name == "sqlite":
+                query = sa.text("SELECT sql FROM sqlite_master WHERE name = :name")
+                params = {"name": f"stepflow_{name}"}
+            else:
+                query = sa.text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = :name AND schemaname = :s"
+                )
+                params = {"name": f"stepflow_{name}", "s": schema}
+            found[status.value] = " ".join(conn.execute(query, params).scalar_one().split())
+    engine.dispose()
+    for status, definition in found.items():  # PostgreSQL writes ((status)::text = '...'::text)
+        assert re.search(rf"WHERE \(*status\)*(::text)? = '{status}'", definition), definition
 
 
 def _stamp(url: str, schema: str | None, revision: str) -> None:

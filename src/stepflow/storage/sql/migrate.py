@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: The newest revision this version of stepflow knows (and ``upgrade`` goes to).
-HEAD = "0004"
+HEAD = "0005"
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 

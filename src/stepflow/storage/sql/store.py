@@ -77,7 +77,7 @@ from ..._states import ItemStatus, JobStatus, StepStatus, SubStepStatus
 from ...ports import Clock, JobProgress, Storage
 from ._driver import DriverStatements, Read, decode_json, jsonb_parameter, ping_when_idle
 from ._pragmas import prepare_sqlite
-from .tables import Tables, build_tables
+from .tables import Tables, build_tables, status_is
 
 if TYPE_CHECKING:
     from .limits import SQLLimiter
@@ -972,9 +972,9 @@ class SQLStorage(DriverStatements, Storage):
             )
         )
         retries = base.where(
-            v.c.status == ItemStatus.RETRYING.value, v.c.next_attempt_at <= bindparam("now")
+            status_is(v.c.status, ItemStatus.RETRYING), v.c.next_attempt_at <= bindparam("now")
         ).order_by(v.c.next_attempt_at)
-        available = base.where(v.c.status == ItemStatus.AVAILABLE.value).order_by(v.c.position)
+        available = base.where(status_is(v.c.status, ItemStatus.AVAILABLE)).order_by(v.c.position)
         queries = [q.limit(bindparam("limit")) for q in (retries, available)]
         if not self.is_sqlite:
             queries = [q.with_for_update(skip_locked=True, of=v) for q in queries]
@@ -1141,7 +1141,7 @@ class SQLStorage(DriverStatements, Storage):
             now = self._db_now(conn)
             query = (
                 select(v.c.id, v.c.job_id)
-                .where(v.c.status == ItemStatus.PROCESSING.value, v.c.lease_expires_at < now)
+                .where(status_is(v.c.status, ItemStatus.PROCESSING), v.c.lease_expires_at < now)
                 .limit(500)
             )
             expired = list(conn.execute(query))
@@ -1179,7 +1179,7 @@ class SQLStorage(DriverStatements, Storage):
                 conn.execute(
                     select(func.min(v.c.next_attempt_at))
                     .join(j, j.c.id == v.c.job_id)
-                    .where(v.c.status == ItemStatus.RETRYING.value, j.c.status.in_(_ACTIVE))
+                    .where(status_is(v.c.status, ItemStatus.RETRYING), j.c.status.in_(_ACTIVE))
                 )
             ).scalar()
             return None if value is None else float(value)

@@ -27,8 +27,9 @@ KILLS = env_int("STEPFLOW_CRASH_KILLS", 50)
 MAX_GROWTH = 40
 #: Handlers a worker runs at once: few, so a kill lands anywhere in a claim-run-commit cycle.
 CONCURRENCY = 8
-#: Enough work that the kills end before the jobs do.
-JOBS = max(300, KILLS * 6)
+#: Enough work that the kills end before the jobs do, with room for a fast worker to run
+#: well past its target before its kill lands (the ledger is polled every 5 ms).
+JOBS = max(600, KILLS * 12)
 SEED = env_int("STEPFLOW_CRASH_SEED", 20261204)
 #: The CLI's shortest lease: a killed worker's claims come back a second later.
 LEASE = 1.0

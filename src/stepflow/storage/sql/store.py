@@ -320,10 +320,19 @@ class SQLStorage(DriverStatements, Storage):
     async def _write_once(self, op: Callable[[Connection], T]) -> T:
         if not self.is_sqlite:
             return await self._in_thread(op, write=True)
-        # One writer per process: the others wait here, not on SQLite's lock.
-        assert self._write_lock is not None
-        async with self._write_lock:
+        # One writer per process: the others wait here, not on SQLite's lock. Taken
+        # without a trip through the event loop when free (the usual case: the engine's
+        # dispatcher is the only writer), as ``async with`` would make.
+        lock = self._write_lock
+        assert lock is not None
+        try:
+            lock.acquire_nowait()
+        except anyio.WouldBlock:
+            await lock.acquire()
+        try:
             return await self._in_thread(op, write=True)
+        finally:
+            lock.release()
 
     async def _read(self, op: Callable[[Connection], T]) -> T:
         try:

@@ -152,7 +152,9 @@ def worker_processes(db: Database, count: int, timeout: float = 60.0) -> Iterato
 
     Waits until every worker says it is running; on exit sends SIGTERM and waits.
     """
-    env = {**os.environ, "PYTHONPATH": str(BENCH_DIR)}  # where bench_app lives
+    # bench_app lives in BENCH_DIR; a caller's own path (a checkout under test) stays first
+    path = [p for p in (os.environ.get("PYTHONPATH"), str(BENCH_DIR)) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     command = [*_worker_command(), "worker", "--app", "bench_app:app"]
     command += ["--database-url", db.url, "--grace", "5"]
     if db.schema:

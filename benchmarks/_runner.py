@@ -39,7 +39,8 @@ class Child:
         self.cleanups: list[dict[str, Any]] = []
 
     def run(self) -> tuple[dict[str, Any] | None, float, str | None]:
-        env = {**os.environ, "PYTHONPATH": str(BENCH_DIR), "PYTHONUNBUFFERED": "1"}
+        path = [p for p in (os.environ.get("PYTHONPATH"), str(BENCH_DIR)) if p]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
         lines: queue.Queue[str | None] = queue.Queue()
         started = time.perf_counter()
         with tempfile.TemporaryFile("w+") as errors:

@@ -167,6 +167,7 @@ class Engine:
                     tg.start_soon(self._worker, handoff)
                 tg.start_soon(self._heartbeat)
                 tg.start_soon(self._flush_progress)
+                tg.start_soon(self._hear_broker)
                 task_status.started()
                 await self._write_until_cancelled(handoff)
         finally:
@@ -227,25 +228,24 @@ class Engine:
             await self._sleep(None if due is None else self.clock.timeout_seconds(due))
 
     async def _sleep(self, timeout: float | None) -> None:
-        """Until a change is handed in, the broker says work arrived, or ``timeout``."""
+        """Until a change is handed in, the broker says work arrived, or ``timeout``.
+
+        The broker is heard by :meth:`_hear_broker`, which sets the same event as a
+        change handed in: waking costs one event, not a task spawned and cancelled.
+        """
         if self._outbox:
             return
-        if not self.claiming:  # a writer only: nothing but a change handed in wakes it
+        with anyio.move_on_after(timeout):
             await self._wake.wait()
-            return
-        poll = self.poll_interval
-        if poll is not None:
-            timeout = poll if timeout is None else min(timeout, poll)
-        wake = self._wake
-        async with anyio.create_task_group() as tg:
 
-            async def broker() -> None:
-                await self.broker.wait_work(timeout)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(broker)
-            await wake.wait()
-            tg.cancel_scope.cancel()
+    async def _hear_broker(self) -> None:
+        """For as long as the engine runs: each time the broker says work may be
+        claimable (or ``poll_interval`` passes), wake the dispatcher. A word heard while
+        the dispatcher writes wakes its next sleep at once, as its event is made new
+        before each write."""
+        while True:
+            await self.broker.wait_work(self.poll_interval)
+            self._wake.set()
 
     def _settle(self, writes: list[_Write], results: list[CommitResult | Exception]) -> None:
         for write, result in zip(writes, results, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -290,3 +290,46 @@ async def _woken_by_another(make_storage: Any) -> None:
         snapshot = await web.wait(job.id, timeout=30)
     assert snapshot.job.status is JobStatus.COMPLETED
     assert worker.broker.received > 0  # type: ignore[attr-defined]
+
+
+class _AnnouncedDuringWrite(MemoryStorage):
+    """Runs ``during_next_write`` inside the next exchange, after its claims were read."""
+
+    during_next_write: Callable[[], Awaitable[None]] | None = None
+
+    async def exchange(
+        self, changes: Sequence[Any], owner: str, limit: int, lease_seconds: float
+    ) -> Any:
+        hook, self.during_next_write = self.during_next_write, None
+        result = await super().exchange(changes, owner, limit, lease_seconds)
+        if hook is not None:
+            await hook()
+        return result
+
+
+async def test_work_announced_while_the_dispatcher_writes_is_not_missed() -> None:
+    """Work announced during an idle engine's write, too late for it, starts without a poll."""
+    storage = _AnnouncedDuringWrite()
+    registry = Handlers()
+    registry.add("ok", lambda ctx: {"key": ctx.item_key})
+    flow = Pipeline.load({"name": "p", "steps": [{"key": "a", "handler": "ok"}]})
+    web = Orchestrator(storage, handlers=registry, pipelines=[flow], run_workers=False)
+    worker = Orchestrator(
+        storage, handlers=registry, pipelines=[flow], broker=LocalEventBroker(), poll_interval=None
+    )
+    created: list[str] = []
+
+    async def another_process_creates_a_job() -> None:
+        created.append((await web.create_job("p", [{"key": "k"}])).id)
+        worker.broker.publish_work()  # the word arrives while the worker still writes
+        for _ in range(5):  # and is heard before that write ends
+            await anyio.lowlevel.checkpoint()
+
+    async with web:
+        storage.during_next_write = another_process_creates_a_job  # the worker's first
+        async with worker:
+            with anyio.fail_after(10):
+                while not created:  # the worker's first write made it
+                    await anyio.lowlevel.checkpoint()
+                snapshot = await worker.wait(created[0])
+    assert snapshot.job.status is JobStatus.COMPLETED

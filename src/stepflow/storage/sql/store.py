@@ -44,6 +44,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -1182,15 +1183,23 @@ class SQLStorage(DriverStatements, Storage):
 
     async def next_due(self) -> float | None:
         v, j = self.tables.visits, self.tables.jobs
+        # Asked by an idle dispatcher after every write that claimed nothing: built and
+        # compiled once, run on the driver.
+        read: Read = (
+            "next-due",
+            lambda: (
+                select(func.min(v.c.next_attempt_at))
+                .join(j, j.c.id == v.c.job_id)
+                .where(
+                    status_is(v.c.status, ItemStatus.RETRYING),
+                    or_(*(j.c.status == literal_column(f"'{s}'") for s in _ACTIVE)),
+                )
+            ),
+            {},
+        )
 
         def op(conn: Connection) -> float | None:
-            value = (
-                conn.execute(
-                    select(func.min(v.c.next_attempt_at))
-                    .join(j, j.c.id == v.c.job_id)
-                    .where(status_is(v.c.status, ItemStatus.RETRYING), j.c.status.in_(_ACTIVE))
-                )
-            ).scalar()
+            ((value,),) = self._raw_selects(conn, [read])[0]
             return None if value is None else float(value)
 
         return await self._read(op)

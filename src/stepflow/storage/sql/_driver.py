@@ -96,12 +96,19 @@ class DriverStatements:
         return conn.exec_driver_sql(sql, args).fetchall()
 
     def _raw_selects(
-        self, conn: Connection, reads: Sequence[Read], before: Callable[[], None] | None = None
+        self,
+        conn: Connection,
+        reads: Sequence[Read],
+        before: Callable[[], None] | None = None,
+        *,
+        last: bool = False,
     ) -> list[Sequence[Any]]:
         """Several :meth:`_raw_select` reads that do not depend on each other's results,
         after ``before`` (writes whose results nobody reads). PostgreSQL gets it all at
         once and answers in one round trip (pipeline mode); the statements still run in
-        order, so locks are taken, and writes seen, in the order given."""
+        order, so locks are taken, and writes seen, in the order given. ``last``: these
+        are the transaction's last statements, and PostgreSQL's COMMIT goes with them
+        (see :meth:`_commit_in_pipeline`)."""
         if self.is_sqlite or len(reads) + (before is not None) < 2:
             if before is not None:
                 before()
@@ -116,7 +123,16 @@ class DriverStatements:
                 cursor = raw.cursor()
                 cursor.execute(sql, {**defaults, **params})
                 cursors.append(cursor)
+            if last:
+                self._commit_in_pipeline(conn)
         return [cursor.fetchall() for cursor in cursors]
+
+    def _commit_in_pipeline(self, conn: Connection) -> None:
+        """Send COMMIT behind a transaction's last statements, inside their pipeline: the
+        commit costs no round trip of its own. Its outcome arrives with theirs (a failed
+        commit raises from the pipeline, before anything is acknowledged), and the
+        transaction's own commit afterwards finds nothing left to do."""
+        conn.connection.driver_connection.cursor().execute("COMMIT")  # type: ignore[union-attr]
 
     def _compiled_select(
         self, name: str, build: Callable[[], Any]

@@ -776,12 +776,12 @@ class SQLStorage(DriverStatements, Storage):
                 ids = [v.id for v in waiting]
                 claimed += batch.claim(ids, owner, limit - len(claimed), expires)
         if not claimed:
-            self._write_batch(conn, batch)
+            self._write_batch(conn, batch, last=True)
             return results, []
         # The claimed items and their outputs are read right after the writes, in the
-        # same round trip on PostgreSQL.
+        # same round trip on PostgreSQL, the commit with them.
         reads = self._claim_reads(claimed)
-        found = self._raw_selects(conn, reads, lambda: self._write_rows(conn, batch))
+        found = self._raw_selects(conn, reads, lambda: self._write_rows(conn, batch), last=True)
         return results, self._claims(batch, claimed, *found)
 
     def _first_reads(
@@ -802,10 +802,13 @@ class SQLStorage(DriverStatements, Storage):
         candidates = self._due(found, limit) if limit > 0 else []
         return _FirstReads(candidates, versions, job_ids, visits)
 
-    def _write_batch(self, conn: Connection, batch: CommitBatch) -> None:
-        """Write a batch's final rows with one bulk statement per table, sent together."""
+    def _write_batch(self, conn: Connection, batch: CommitBatch, *, last: bool = False) -> None:
+        """Write a batch's final rows with one bulk statement per table, sent together
+        (``last``: with the commit, on PostgreSQL)."""
         with self._pipelined(conn):
             self._write_rows(conn, batch)
+            if last and not self.is_sqlite:
+                self._commit_in_pipeline(conn)
 
     def _write_rows(self, conn: Connection, batch: CommitBatch) -> None:
         t = self.tables

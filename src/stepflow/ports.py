@@ -353,7 +353,13 @@ class EventBroker(ABC):
 
     @abstractmethod
     async def wait_work(self, timeout: float | None) -> bool:
-        """Wait until :meth:`publish_work` is called."""
+        """Wait until :meth:`publish_work` is called (or ``timeout`` passes).
+
+        A running engine calls it in a loop from one long-lived task, with its
+        ``poll_interval`` as ``timeout``, and wakes its dispatcher after each return: a
+        publish made while nobody waited must end the next wait at once, and a wait
+        must not return at once again and again.
+        """
 
 
 class Clock(ABC):

@@ -28,9 +28,17 @@ from typing import Any
 
 from _protocol import emit
 
-__all__ = ["BENCH_DIR", "Database", "drop_schema", "worker_processes"]
+__all__ = ["BENCH_DIR", "Database", "child_pythonpath", "drop_schema", "worker_processes"]
 
 BENCH_DIR = Path(__file__).resolve().parent
+
+
+def child_pythonpath() -> str:
+    """``PYTHONPATH`` for a process the suite starts: the caller's own path first (a
+    checkout under test runs its code in every process), then this folder."""
+    return os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(BENCH_DIR)) if p)
+
+
 TERMINAL = ("completed", "failed", "cancelled")
 PREFIX = "stepflow_"
 
@@ -152,9 +160,7 @@ def worker_processes(db: Database, count: int, timeout: float = 60.0) -> Iterato
 
     Waits until every worker says it is running; on exit sends SIGTERM and waits.
     """
-    # bench_app lives in BENCH_DIR; a caller's own path (a checkout under test) stays first
-    path = [p for p in (os.environ.get("PYTHONPATH"), str(BENCH_DIR)) if p]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}  # bench_app lives in BENCH_DIR
     command = [*_worker_command(), "worker", "--app", "bench_app:app"]
     command += ["--database-url", db.url, "--grace", "5"]
     if db.schema:

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from _databases import BENCH_DIR, drop_schema
+from _databases import BENCH_DIR, child_pythonpath, drop_schema
 from cases import Case
 from report import CaseOutcome, number
 
@@ -39,8 +39,7 @@ class Child:
         self.cleanups: list[dict[str, Any]] = []
 
     def run(self) -> tuple[dict[str, Any] | None, float, str | None]:
-        path = [p for p in (os.environ.get("PYTHONPATH"), str(BENCH_DIR)) if p]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": child_pythonpath(), "PYTHONUNBUFFERED": "1"}
         lines: queue.Queue[str | None] = queue.Queue()
         started = time.perf_counter()
         with tempfile.TemporaryFile("w+") as errors:

@@ -131,8 +131,10 @@ class DriverStatements:
         """Send COMMIT behind a transaction's last statements, inside their pipeline: the
         commit costs no round trip of its own. Its outcome arrives with theirs (a failed
         commit raises from the pipeline, before anything is acknowledged), and the
-        transaction's own commit afterwards finds nothing left to do."""
-        conn.connection.driver_connection.cursor().execute("COMMIT")  # type: ignore[union-attr]
+        transaction's own commit afterwards finds nothing left to do. (SQLite has no
+        pipeline: its transaction commits as usual.)"""
+        if not self.is_sqlite:
+            conn.connection.driver_connection.cursor().execute("COMMIT")  # type: ignore[union-attr]
 
     def _compiled_select(
         self, name: str, build: Callable[[], Any]

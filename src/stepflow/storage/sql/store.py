@@ -44,7 +44,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    literal_column,
     or_,
     select,
     update,
@@ -55,6 +54,7 @@ from sqlalchemy.exc import (
     IntegrityError,
     OperationalError,
 )
+from sqlalchemy.sql.elements import ColumnElement
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from ..._batch import BatchJob, CommitBatch
@@ -87,6 +87,13 @@ __all__ = ["SQLStorage", "redact_url"]
 
 T = TypeVar("T")
 _ACTIVE = (JobStatus.PENDING.value, JobStatus.IN_PROGRESS.value)
+
+
+def _job_active(jobs: Any) -> ColumnElement[bool]:
+    """The job row's status is one whose work may be claimed (``_ACTIVE``)."""
+    return or_(*(jobs.c.status == status for status in _ACTIVE))
+
+
 _VISIT_FIELDS = (
     "status",
     "attempts",
@@ -807,7 +814,7 @@ class SQLStorage(DriverStatements, Storage):
         (``last``: with the commit, on PostgreSQL)."""
         with self._pipelined(conn):
             self._write_rows(conn, batch)
-            if last and not self.is_sqlite:
+            if last:
                 self._commit_in_pipeline(conn)
 
     def _write_rows(self, conn: Connection, batch: CommitBatch) -> None:
@@ -980,7 +987,7 @@ class SQLStorage(DriverStatements, Storage):
             .join(j, j.c.id == v.c.job_id)
             .where(
                 v.c.ready,
-                or_(*(j.c.status == status for status in _ACTIVE)),
+                _job_active(j),
                 v.c.concurrency > running,
             )
         )
@@ -1195,7 +1202,7 @@ class SQLStorage(DriverStatements, Storage):
                 .join(j, j.c.id == v.c.job_id)
                 .where(
                     status_is(v.c.status, ItemStatus.RETRYING),
-                    or_(*(j.c.status == literal_column(f"'{s}'") for s in _ACTIVE)),
+                    _job_active(j),
                 )
             ),
             {},
